@@ -1,0 +1,30 @@
+# Two entry points: `make test` and `make demo`. Both build (or reuse) .venv/.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared/data
+STAMP := $(VENV)/.lingraft-installed
+# torch is pinned to the CPU wheel these machines carry; an unpinned torch pulls CUDA builds.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
+	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash scripts/bootstrap.sh
+	touch $@
+
+test: $(STAMP)
+	LINGRAFT_SHARED=$(SHARED) $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	LINGRAFT_SHARED=$(SHARED) $(VENV)/bin/lingraft pipeline --config configs/demo.yaml
+
+bench: $(STAMP)
+	LINGRAFT_SHARED=$(SHARED) $(PY) bench/pack_throughput.py
+	LINGRAFT_SHARED=$(SHARED) $(PY) bench/tokenizer_train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

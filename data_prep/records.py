@@ -1,0 +1,54 @@
+"""Documents as they flow through data prep, and the ledger of what was dropped and why."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lingraft.errors import DataError
+
+EXAMPLE_CHARS = 160
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    source: str   # the source's name in the mix
+    where: str    # "path:line" (or "dataset[idx]") for messages and examples
+
+
+@dataclass
+class DropLog:
+    """Counts every dropped record by reason and keeps a few examples of each.
+
+    In strict mode the first drop raises `DataError` instead, naming where it happened.
+    Nothing is ever dropped without passing through here.
+    """
+
+    strict: bool = False
+    max_examples: int = 3
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def drop(self, reason: str, where: str, sample: Any = "") -> None:
+        if self.strict:
+            raise DataError(f"{where}: {reason}")
+        self.counts[reason] += 1
+        bucket = self.examples.setdefault(reason, [])
+        if len(bucket) < self.max_examples:
+            text = sample if isinstance(sample, str) else repr(sample)
+            bucket.append({"where": where, "sample": text[:EXAMPLE_CHARS]})
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def merge(self, other: "DropLog") -> None:
+        self.counts.update(other.counts)
+        for reason, items in other.examples.items():
+            bucket = self.examples.setdefault(reason, [])
+            bucket.extend(items[: self.max_examples - len(bucket)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {reason: {"count": n, "examples": self.examples.get(reason, [])}
+                for reason, n in sorted(self.counts.items())}

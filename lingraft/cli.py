@@ -1,0 +1,154 @@
+"""The `lingraft` console command: one subcommand per stage.
+
+Each command is a `Command`: a typed config dataclass and a lazily imported runner.
+Flags are generated from the dataclass's top-level fields (``seq_len`` -> ``--seq-len``);
+nested keys are set with ``--set clean.min_chars=200``; ``--config file.yaml`` supplies a
+base. Everything is validated into the dataclass before the runner is imported, so a
+typo fails in milliseconds with a one-line error naming the key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Union, get_args, get_origin
+
+import yaml
+
+from lingraft.config import ConfigError, build_config
+from lingraft.errors import LingraftError
+
+
+@dataclass(frozen=True)
+class Command:
+    path: tuple[str, ...]          # e.g. ("tokenizer", "stats")
+    config_cls: type
+    runner: str                    # "module:function", imported only when the command runs
+    help: str
+    aliases: dict[str, str] = field(default_factory=dict)  # extra flag -> field name
+
+
+def _commands() -> list[Command]:
+    from data_prep.commands import COMMANDS as prep
+    from vocabulary.commands import COMMANDS as vocab
+    return [*vocab, *prep]
+
+
+def _is_list(tp: Any) -> bool:
+    tp = _strip_optional(tp)
+    return get_origin(tp) in (list, tuple) or tp in (list, tuple)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_textual(tp: Any) -> bool:
+    tp = _strip_optional(tp)
+    if _is_list(tp):
+        (tp,) = get_args(tp)[:1] or (str,)
+    return tp in (str, Path)
+
+
+def _cli_value(raw: str, tp: Any) -> Any:
+    """Strings stay strings for str/Path fields; anything else is read as YAML (5, 0.1, true, [a, b])."""
+    if _is_textual(tp):
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
+    parser.add_argument("--config", help="YAML config file; flags below override it")
+    parser.add_argument("--set", dest="_dotted", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any (nested) key, e.g. --set clean.min_chars=200")
+    hints = typing.get_type_hints(cmd.config_cls)
+    reverse_alias: dict[str, list[str]] = {}
+    for flag, name in cmd.aliases.items():
+        reverse_alias.setdefault(name, []).append(flag)
+    for f in dataclasses.fields(cmd.config_cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(_strip_optional(tp)):
+            continue  # nested sections: --set section.key=value
+        flags = [_flag(f.name), *reverse_alias.get(f.name, [])]
+        help_text = f.metadata.get("help", "")
+        if get_origin(tp) is Literal:
+            help_text = f"{help_text} ({'|'.join(map(str, get_args(tp)))})".strip()
+        if _is_list(tp):
+            parser.add_argument(*flags, dest=f.name, action="append", default=None, help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(*flags, dest=f.name, default=None, help=help_text)
+
+
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lingraft", description="Graft a new language into an open LLM.")
+    groups = parser.add_subparsers(dest="_group", metavar="STAGE", required=True)
+    group_parsers: dict[str, Any] = {}
+    for cmd in commands:
+        head, *rest = cmd.path
+        if not rest:
+            sub = groups.add_parser(head, help=cmd.help, description=cmd.help)
+        else:
+            if head not in group_parsers:
+                gp = groups.add_parser(head, help=f"{head} commands")
+                group_parsers[head] = gp.add_subparsers(dest="_action", metavar="ACTION", required=True)
+            sub = group_parsers[head].add_parser(rest[0], help=cmd.help, description=cmd.help)
+        _add_config_flags(sub, cmd)
+        sub.set_defaults(_command=cmd)
+    return parser
+
+
+def config_from_args(cmd: Command, args: argparse.Namespace) -> Any:
+    hints = typing.get_type_hints(cmd.config_cls)
+    overrides: dict[str, Any] = {}
+    for f in dataclasses.fields(cmd.config_cls):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            continue
+        tp = hints[f.name]
+        overrides[f.name] = [_cli_value(r, get_args(_strip_optional(tp))[0] if get_args(_strip_optional(tp)) else str)
+                             for r in raw] if _is_list(tp) else _cli_value(raw, tp)
+    return build_config(cmd.config_cls, args.config, overrides, args._dotted)
+
+
+def resolve_runner(spec: str) -> Callable[[Any], Any]:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = _commands()
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    cmd: Command = args._command
+    try:
+        cfg = config_from_args(cmd, args)
+    except ConfigError as exc:
+        print(f"lingraft {' '.join(cmd.path)}: config error: {exc}", file=sys.stderr)
+        return 2
+    from lingraft.log import setup_logging
+    setup_logging()
+    try:
+        resolve_runner(cmd.runner)(cfg)
+    except (ConfigError, LingraftError) as exc:
+        print(f"lingraft {' '.join(cmd.path)}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

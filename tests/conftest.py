@@ -1,0 +1,34 @@
+"""Shared fixtures: where the real data lives, and small helpers for CLI tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LINGRAFT_SHARED", REPO.parent / "shared" / "data")).resolve()
+
+os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not (SHARED / "MANIFEST.md").exists():
+        pytest.fail(f"shared data not found at {SHARED}; set LINGRAFT_SHARED")
+    return SHARED
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `lingraft ARGS...` in-process; return (exit_code, stdout, stderr)."""
+    from lingraft.cli import main
+
+    def _run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _run

@@ -1,0 +1,4 @@
+"""CLI commands of the vocabulary stage (registered by lingraft.cli)."""
+from __future__ import annotations
+
+COMMANDS: list = []
