@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import lzma
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Literal
@@ -22,6 +23,11 @@ from lingraft.errors import LingraftError
 SourceFormat = Literal["auto", "jsonl", "text", "parquet", "hf"]
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 _TEXT_SUFFIXES = {".txt", ".text", ".md"}
+_SUFFIXES = {"jsonl": _JSONL_SUFFIXES, "text": _TEXT_SUFFIXES, "parquet": {".parquet"}}
+_COMPRESSION_SUFFIXES = (".gz", ".xz", ".zst", ".bz2")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can produce these
+# Files `save_to_disk` writes: a Dataset folder has the first two, a DatasetDict folder the last.
+_HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 
 @dataclass
@@ -37,15 +43,25 @@ class SourceConfig:
     text_unit: Literal["file", "line", "paragraph"] = "line"   # format: text only: what one document is
 
     def __post_init__(self) -> None:
+        require(bool(self.path), "path", "must not be empty")
         require(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
         if not self.name:
             self.name = _stem(self.path)
 
+    @classmethod
+    def from_string(cls, path: str) -> dict:
+        """`--source corpus.jsonl` on the command line: a source with default settings."""
+        return {"path": path}
+
+
+def _strip_compression(name: str) -> str:
+    for suffix in _COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
 
 def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".gz", ".xz", ".zst", ".bz2"):
-        name = name.removesuffix(suffix)
+    name = _strip_compression(Path(path).name)
     return Path(name).stem or name
 
 
@@ -60,42 +76,50 @@ def open_binary(path: str | Path) -> IO[bytes]:
         return bz2.open(p, "rb")
     if p.endswith(".zst"):
         import zstandard
-        return zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True)
+        # The zstd reader has no readline(); buffering adds it (and line iteration).
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True))
     return open(p, "rb")
 
 
 def detect_format(path: str | Path) -> SourceFormat:
     p = Path(path)
     if p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists() or any(p.glob("*.arrow")):
+        if _is_saved_dataset(p) or any(p.glob("*.arrow")):
             return "hf"
-        files = _data_files(p)
-        if not files:
-            raise LingraftError(f"{p}: folder holds no .jsonl/.txt/.parquet files")
-        return detect_format(files[0])
-    name = p.name
-    for suffix in (".gz", ".xz", ".zst", ".bz2"):
-        name = name.removesuffix(suffix)
-    ext = Path(name).suffix.lower()
-    if ext in _JSONL_SUFFIXES:
-        return "jsonl"
-    if ext in _TEXT_SUFFIXES:
-        return "text"
-    if ext == ".parquet":
-        return "parquet"
+        for fmt in ("jsonl", "parquet", "text"):
+            if _data_files(p, fmt):
+                return fmt
+        raise LingraftError(f"{p}: folder holds no .jsonl/.txt/.parquet files (compressed or not)")
+    fmt = _format_of_name(p.name)
+    if fmt is not None:
+        return fmt
     if not p.exists():
         return "hf"  # not a local path: treat it as a hub dataset id
     raise LingraftError(f"{p}: cannot tell the format from the name; set format: jsonl|text|parquet|hf")
 
 
-def _data_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith("."))
+def _format_of_name(name: str) -> SourceFormat | None:
+    ext = Path(_strip_compression(name)).suffix.lower()
+    return next((fmt for fmt, suffixes in _SUFFIXES.items() if ext in suffixes), None)
 
 
-def _files(path: str) -> list[Path]:
+def _is_saved_dataset(folder: Path) -> bool:
+    return any((folder / marker).exists() for marker in _HF_MARKERS)
+
+
+def _data_files(folder: Path, fmt: SourceFormat) -> list[Path]:
+    """The files of `folder` (recursively, sorted) whose names say they hold `fmt`."""
+    return sorted(f for f in folder.rglob("*")
+                  if f.is_file() and not f.name.startswith(".") and _format_of_name(f.name) == fmt)
+
+
+def _files(path: str, fmt: SourceFormat) -> list[Path]:
     p = Path(path)
     if p.is_dir():
-        return _data_files(p)
+        files = _data_files(p, fmt)
+        if not files:
+            raise LingraftError(f"{p}: folder holds no {fmt} files")
+        return files
     if not p.exists():
         raise LingraftError(f"{p}: no such file")
     return [p]
@@ -108,8 +132,8 @@ def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docume
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # tolerate a byte-order mark
+            except UnicodeDecodeError:
                 drops.drop("invalid_utf8", where, raw[:80])
                 continue
             try:
@@ -127,21 +151,23 @@ def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docume
             if not text.strip():
                 drops.drop("empty_document", where, line)
                 continue
+            if (b"\\ud" in raw or b"\\uD" in raw) and _LONE_SURROGATE.search(text):
+                drops.drop("invalid_unicode", where, line)  # a lone surrogate escape cannot be written as UTF-8
+                continue
             yield Document(text=text, source=src.name, where=where)
 
 
 def read_text(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Document]:
-    with open_binary(path) as raw_fh:
-        fh = io.TextIOWrapper(raw_fh, encoding="utf-8", errors="strict", newline=None)
+    with open_binary(path) as fh:
         if src.text_unit == "file":
             try:
-                text = fh.read()
-            except UnicodeDecodeError:
-                drops.drop("invalid_utf8", f"{path}", "")
+                text = fh.read().decode("utf-8-sig").replace("\r\n", "\n")
+            except UnicodeDecodeError as exc:
+                drops.drop("invalid_utf8", f"{path}:byte{exc.start}", "")
                 return
-            chunks = [(1, text)]
+            chunks: Iterator[tuple[int, str]] = iter([(1, text)])
         else:
-            chunks = _text_chunks(fh, path, src.text_unit, drops)
+            chunks = _text_chunks(_decoded_lines(fh, path, drops), src.text_unit)
         for lineno, text in chunks:
             where = f"{path}:{lineno}"
             if not text.strip():
@@ -151,38 +177,45 @@ def read_text(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Documen
             yield Document(text=text, source=src.name, where=where)
 
 
-def _text_chunks(fh: IO[str], path: Path, unit: str, drops: DropLog) -> Iterator[tuple[int, str]]:
+def _decoded_lines(fh: IO[bytes], path: Path, drops: DropLog) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end) for each line; undecodable lines are dropped one by one,
+    so the reported line number is exact and the rest of the file is still read."""
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            drops.drop("invalid_utf8", f"{path}:{lineno}", raw[:80])
+            line = ""  # ends a paragraph, like a blank line
+        yield lineno, line.rstrip("\r\n")
+
+
+def _text_chunks(lines: Iterator[tuple[int, str]], unit: str) -> Iterator[tuple[int, str]]:
     """Lines, or blank-line-separated paragraphs, with their first line number."""
+    if unit == "line":
+        yield from lines
+        return
     buf: list[str] = []
     start = 1
-    lineno = 0
-    while True:
-        try:
-            line = fh.readline()
-        except UnicodeDecodeError:
-            drops.drop("invalid_utf8", f"{path}:{lineno + 1}", "")
-            return  # the decoder cannot resynchronise reliably; stop this file
-        if not line:
-            break
-        lineno += 1
-        if unit == "line":
-            yield lineno, line.rstrip("\n")
-            continue
+    for lineno, line in lines:
         if line.strip():
             if not buf:
                 start = lineno
             buf.append(line)
         elif buf:
-            yield start, "".join(buf).rstrip("\n")
+            yield start, "\n".join(buf)
             buf = []
     if buf:
-        yield start, "".join(buf).rstrip("\n")
+        yield start, "\n".join(buf)
 
 
 def read_parquet(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Document]:
+    import pyarrow
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise LingraftError(f"{path}: not a readable parquet file ({exc})") from None
     if src.text_field not in pf.schema_arrow.names:
         raise LingraftError(f"{path}: no column '{src.text_field}' (columns: {', '.join(pf.schema_arrow.names)})")
     row = 0
@@ -203,12 +236,23 @@ def read_hf(src: SourceConfig, drops: DropLog) -> Iterator[Document]:
     import datasets
 
     p = Path(src.path)
-    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
-        ds = datasets.load_from_disk(str(p))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[src.split]
-    else:
-        ds = datasets.load_dataset(src.path, src.hf_config, split=src.split, streaming=True)
+    try:
+        if p.is_dir() and _is_saved_dataset(p):
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                if src.split not in ds:
+                    raise LingraftError(f"{p}: no split '{src.split}' (splits: {', '.join(ds)})")
+                ds = ds[src.split]
+        else:
+            ds = datasets.load_dataset(src.path, src.hf_config, split=src.split, streaming=True)
+    except LingraftError:
+        raise
+    except Exception as exc:  # datasets raises many types (hub, network, format); report them as one line
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise LingraftError(f"{src.path}: cannot load dataset ({exc.__class__.__name__}: {first_line})") from None
+    columns = getattr(ds, "column_names", None)
+    if columns is not None and src.text_field not in columns:
+        raise LingraftError(f"{src.path}: no column '{src.text_field}' (columns: {', '.join(columns)})")
     for idx, record in enumerate(ds):
         where = f"{src.path}[{idx}]"
         text = record.get(src.text_field)
@@ -230,7 +274,7 @@ def iter_documents(src: SourceConfig, drops: DropLog | None = None) -> Iterator[
         yield from read_hf(src, drops)
         return
     reader = {"jsonl": read_jsonl, "text": read_text, "parquet": read_parquet}[fmt]
-    for path in _files(src.path):
+    for path in _files(src.path, fmt):
         yield from reader(path, src, drops)
 
 

@@ -90,6 +90,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
             help_text = f"{help_text} ({'|'.join(map(str, get_args(tp)))})".strip()
         if _is_list(tp):
             parser.add_argument(*flags, dest=f.name, action="append", default=None, help=help_text + " (repeatable)")
+        elif _strip_optional(tp) is bool:
+            # `--strict` alone means true; `--strict false` still works.
+            parser.add_argument(*flags, dest=f.name, nargs="?", const="true", default=None, metavar="BOOL",
+                                help=help_text)
         else:
             parser.add_argument(*flags, dest=f.name, default=None, help=help_text)
 
@@ -133,7 +137,10 @@ def resolve_runner(spec: str) -> Callable[[Any], Any]:
 def main(argv: list[str] | None = None) -> int:
     commands = _commands()
     parser = build_parser(commands)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return the code instead of exiting
+        return exc.code if isinstance(exc.code, int) else 2
     cmd: Command = args._command
     try:
         cfg = config_from_args(cmd, args)

@@ -46,7 +46,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+        names = [_type_name(o) for o in options if o is not type(None)]
+        if type(None) in options:
+            names.append("null")
+        raise ConfigError(f"{key}: expected {' or '.join(names)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -54,6 +57,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, str) and hasattr(tp, "from_string"):
+            # A one-word shorthand, e.g. `--source corpus.jsonl` for SourceConfig(path=...).
+            return _coerce(tp.from_string(value), tp, key)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return _from_mapping(tp, value, prefix=f"{key}.")
@@ -125,14 +131,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
+    """Set tree[a][b]... = value, creating mappings on the way; a number indexes an existing list."""
+    node: Any = tree
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(path[:depth]) or "(top)"
+                raise ConfigError(f"{'.'.join(path)}: {where} is a list of {len(node)} items; "
+                                  f"'{part}' is not an index into it")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {'.'.join(path[:depth])} is not a mapping")
+        if last:
+            node[part] = value
+            return
+        child = node[part] if isinstance(node, list) else node.get(part)
+        if not isinstance(child, (dict, list)):
             child = {}
             node[part] = child
         node = child
-    node[path[-1]] = value
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -1,0 +1,184 @@
+"""Readers: every format and compression, bad records reported with their location, strict mode."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+from data_prep.readers import SourceConfig, detect_format, iter_documents, iter_texts
+from data_prep.records import DropLog
+from lingraft.errors import DataError, LingraftError
+
+TEXTS = ["Привет, мир!", "Hello, world.", "Ελληνικά κείμενα", "emoji 🙂 and ünïcödé"]
+
+
+def _jsonl_bytes(records: list[object]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data)
+    elif path.name.endswith(".xz"):
+        data = lzma.compress(data)
+    elif path.name.endswith(".bz2"):
+        data = bz2.compress(data)
+    elif path.name.endswith(".zst"):
+        import zstandard
+        data = zstandard.ZstdCompressor().compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def _read(src: SourceConfig, drops: DropLog | None = None) -> list[str]:
+    return [d.text for d in iter_documents(src, drops)]
+
+
+@pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz", "c.jsonl.xz", "c.jsonl.zst", "c.jsonl.bz2"])
+def test_jsonl_every_compression(tmp_path, name):
+    path = _write(tmp_path / name, _jsonl_bytes([{"text": t, "id": i} for i, t in enumerate(TEXTS)]))
+    assert detect_format(path) == "jsonl"
+    docs = list(iter_documents(SourceConfig(path=str(path))))
+    assert [d.text for d in docs] == TEXTS
+    assert docs[0].source == "c" and docs[2].where == f"{path}:3"
+
+
+def test_jsonl_text_field_and_bad_records_are_counted_with_location(tmp_path):
+    lines = [
+        json.dumps({"body": "good one"}).encode(),
+        b"{not json",
+        json.dumps({"text": "no body field"}).encode(),
+        json.dumps({"body": 42}).encode(),
+        json.dumps({"body": "   "}).encode(),
+        b'{"body": "bad \xff utf8"}',
+        b"",  # blank lines are skipped, not drops
+        b'{"body": "lone surrogate \\ud83d here"}',
+        b'{"body": "paired \\ud83d\\ude00 is fine"}',
+        json.dumps({"body": "good two"}).encode(),
+    ]
+    path = _write(tmp_path / "c.jsonl", b"\n".join(lines) + b"\n")
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(path), text_field="body"), drops) == ["good one", "paired 😀 is fine",
+                                                                             "good two"]
+    assert dict(drops.counts) == {"invalid_json": 1, "missing_field": 1, "non_string_field": 1,
+                                  "empty_document": 1, "invalid_utf8": 1, "invalid_unicode": 1}
+    assert drops.examples["invalid_json"][0]["where"] == f"{path}:2"
+    assert drops.examples["invalid_utf8"][0]["where"] == f"{path}:6"
+
+
+def test_strict_mode_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "c.jsonl.gz", _jsonl_bytes([{"text": "ok"}, {"title": "no text"}]))
+    with pytest.raises(DataError, match=rf"{path}:2: missing_field"):
+        _read(SourceConfig(path=str(path)), DropLog(strict=True))
+
+
+def test_jsonl_byte_order_mark_is_tolerated(tmp_path):
+    path = _write(tmp_path / "bom.jsonl", b"\xef\xbb\xbf" + _jsonl_bytes([{"text": "первый"}]))
+    assert _read(SourceConfig(path=str(path))) == ["первый"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".zst", ".xz"])
+def test_text_units(tmp_path, suffix):
+    body = "первая строка\r\nвторая строка\n\n\nтретий абзац,\nего вторая строка\n".encode()
+    path = _write(tmp_path / f"t.txt{suffix}", body)
+    assert detect_format(path) == "text"
+    by_line = list(iter_documents(SourceConfig(path=str(path), text_unit="line")))
+    assert [d.text for d in by_line] == ["первая строка", "вторая строка", "третий абзац,", "его вторая строка"]
+    assert by_line[2].where == f"{path}:5"
+    by_paragraph = list(iter_documents(SourceConfig(path=str(path), text_unit="paragraph")))
+    assert [d.text for d in by_paragraph] == ["первая строка\nвторая строка", "третий абзац,\nего вторая строка"]
+    assert by_paragraph[1].where == f"{path}:5"
+    assert _read(SourceConfig(path=str(path), text_unit="file")) == [body.decode().replace("\r\n", "\n")]
+
+
+def test_text_bad_line_is_dropped_alone_with_its_line_number(tmp_path):
+    path = _write(tmp_path / "t.txt", "один\n".encode() + b"\xc3\x28 broken\n" + "три\n".encode())
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(path)), drops) == ["один", "три"]
+    assert drops.examples["invalid_utf8"][0]["where"] == f"{path}:2"
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(path), text_unit="file"), drops) == []
+    assert drops.counts["invalid_utf8"] == 1
+
+
+def test_parquet_with_nulls_and_wrong_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"content": ["альфа", None, "", "beta"], "n": [1, 2, 3, 4]}), path)
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(path), text_field="content"), drops) == ["альфа", "beta"]
+    assert dict(drops.counts) == {"missing_field": 1, "empty_document": 1}
+    assert drops.examples["missing_field"][0]["where"] == f"{path}:row2"
+    with pytest.raises(LingraftError, match="no column 'text'.*content, n"):
+        _read(SourceConfig(path=str(path)))
+    bogus = _write(tmp_path / "bogus.parquet", b"not parquet at all")
+    with pytest.raises(LingraftError, match="bogus.parquet: not a readable parquet file"):
+        _read(SourceConfig(path=str(bogus)))
+
+
+def test_hf_saved_dataset_and_dataset_dict(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"txt": ["раз", "", "два", None]})
+    ds.save_to_disk(str(tmp_path / "single"))
+    datasets.DatasetDict({"train": ds, "validation": ds.select([2])}).save_to_disk(str(tmp_path / "dict"))
+
+    assert detect_format(tmp_path / "single") == "hf"
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(tmp_path / "single"), text_field="txt"), drops) == ["раз", "два"]
+    assert dict(drops.counts) == {"empty_document": 1, "missing_field": 1}
+
+    assert detect_format(tmp_path / "dict") == "hf"
+    assert _read(SourceConfig(path=str(tmp_path / "dict"), text_field="txt", split="validation")) == ["два"]
+    with pytest.raises(LingraftError, match="no split 'test' \\(splits: train, validation\\)"):
+        _read(SourceConfig(path=str(tmp_path / "dict"), text_field="txt", split="test"))
+    with pytest.raises(LingraftError, match="no column 'text'"):
+        _read(SourceConfig(path=str(tmp_path / "single")))
+
+
+def test_hf_unknown_hub_id_is_one_line_error():
+    # conftest sets HF_HUB_OFFLINE=1: the hub is never contacted.
+    src = SourceConfig(path="no-such-org/no-such-dataset-xyz")
+    assert detect_format(src.path) == "hf"
+    with pytest.raises(LingraftError, match="no-such-org/no-such-dataset-xyz: cannot load dataset"):
+        _read(src)
+
+
+def test_folder_reads_only_files_of_its_format_in_sorted_order(tmp_path):
+    _write(tmp_path / "b.jsonl.gz", _jsonl_bytes([{"text": "second"}]))
+    _write(tmp_path / "a.jsonl", _jsonl_bytes([{"text": "first"}]))
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "sub" / "c.jsonl.xz", _jsonl_bytes([{"text": "third"}]))
+    (tmp_path / "README.md").write_text("not data")
+    (tmp_path / ".hidden.jsonl").write_text('{"text": "hidden"}\n')
+    assert detect_format(tmp_path) == "jsonl"
+    assert _read(SourceConfig(path=str(tmp_path))) == ["first", "second", "third"]
+
+
+def test_missing_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(LingraftError, match="missing.jsonl: no such file"):
+        _read(SourceConfig(path=str(tmp_path / "missing.jsonl")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LingraftError, match="holds no .jsonl"):
+        _read(SourceConfig(path=str(tmp_path / "empty")))
+    odd = tmp_path / "data.bin"
+    odd.write_bytes(b"x")
+    with pytest.raises(LingraftError, match="cannot tell the format"):
+        _read(SourceConfig(path=str(odd)))
+
+
+def test_real_shared_files(shared):
+    ud = list(iter_texts(str(shared / "ru_text" / "ud_russian_sentences.jsonl")))
+    assert len(ud) == 4657
+    drops = DropLog(strict=True)
+    ruslit = iter_documents(SourceConfig(path=str(shared / "ru_text" / "ruslit.jsonl.xz")), drops)
+    first = next(ruslit)
+    assert first.source == "ruslit" and len(first.text) > 1000
+    assert first.where.endswith("ruslit.jsonl.xz:1")
+    ruslit.close()
