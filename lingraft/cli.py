@@ -34,8 +34,9 @@ class Command:
 
 def _commands() -> list[Command]:
     from data_prep.commands import COMMANDS as prep
+    from train.commands import COMMANDS as train
     from vocabulary.commands import COMMANDS as vocab
-    return [*vocab, *prep]
+    return [*vocab, *prep, *train]
 
 
 def _is_list(tp: Any) -> bool:

@@ -1,0 +1,113 @@
+"""The single-process training loop: exact resume after SIGKILL, NaN guard, what trains."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lingraft.errors import LingraftError
+from tests.conftest import REPO
+from tests.train_tiny import in_memory_source, make_tiny_llama, tiny_config
+from train.checkpointing import latest_checkpoint
+from train.loop import train
+from train.metrics_log import read_metrics
+
+
+def _losses(out_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(out_dir)]
+
+
+def _spawn(model, out_dir, **overrides):
+    env = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "tests.train_tiny", str(model), str(out_dir), json.dumps(overrides)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    model = make_tiny_llama(tmp_path / "m")
+    overrides = {"max_steps": 12, "checkpoint.every_steps": 4, "trainable": "new_rows", "new_token_ids": "60:96"}
+    victim = _spawn(model, tmp_path / "run", **overrides)
+    deadline = time.time() + 120
+    while time.time() < deadline and max((s for s, _ in _losses(tmp_path / "run")), default=0) < 6:
+        assert victim.poll() is None, victim.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = max(s for s, _ in _losses(tmp_path / "run"))
+    assert 6 <= killed_at < 12, "the run must be killed mid-way"
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
+
+    resumed = _spawn(model, tmp_path / "run", **overrides)
+    train(tiny_config(model, tmp_path / "ref", **overrides), in_memory_source)   # meanwhile, uninterrupted
+    assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()[-2000:]
+    assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 13))
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "ref")     # bit-exact on CPU fp32
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000008", "step_00000012"]                 # keep_last=2
+    assert (tmp_path / "run" / "manifest.json").is_file()
+
+
+def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
+    import train.backends.local_backend as local
+    calls = {"n": 0}
+    real = local.micro_batch_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 9 else loss   # step 5, first micro-batch
+
+    monkeypatch.setattr(local, "micro_batch_loss", poisoned)
+    cfg = tiny_config(make_tiny_llama(tmp_path / "m"), tmp_path / "run", **{"log.plot": True})
+    with pytest.raises(LingraftError, match=r"step 5: non-finite loss \(nan\).*Last good checkpoint: .*step_00000003"):
+        train(cfg, in_memory_source)
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("mode, extra", [("embeddings", {}), ("layers", {"trainable_modules": ["model.layers.1"]})])
+def test_frozen_weights_do_not_move(tmp_path, mode, extra):
+    from transformers import AutoModelForCausalLM
+    model_dir = make_tiny_llama(tmp_path / "m")
+    cfg = tiny_config(model_dir, tmp_path / "run", trainable=mode, max_steps=3, **extra)
+    final = train(cfg, in_memory_source)
+    trained = torch.load(final / "engine" / "state.pt", weights_only=True)["trainable"]
+    expected = {"model.embed_tokens.weight", "lm_head.weight"}
+    if mode == "layers":
+        expected |= {n for n, _ in AutoModelForCausalLM.from_pretrained(model_dir).named_parameters()
+                     if n.startswith("model.layers.1.")}
+    assert set(trained) == expected
+
+
+def test_unknown_module_name_is_a_clear_error(tmp_path):
+    cfg = tiny_config(make_tiny_llama(tmp_path / "m"), tmp_path / "run", trainable="layers",
+                      trainable_modules=["model.layer.1"])
+    with pytest.raises(LingraftError, match="no module named 'model.layer.1' \\(did you mean 'model.layers.1'"):
+        train(cfg, in_memory_source)
+
+
+def test_config_errors_are_reported_before_launch(tmp_path, run_cli):
+    code, _, err = run_cli("train", "--model", tmp_path, "--data", tmp_path, "--out-dir", tmp_path / "o",
+                           "--max-steps", "10", "--trainable", "layers")
+    assert code == 2 and "trainable_modules: trainable=layers needs at least one module name" in err
+    code, _, err = run_cli("train", "--model", tmp_path, "--data", tmp_path, "--out-dir", tmp_path / "o",
+                           "--max-steps", "10", "--new-token-ids", "5:3")
+    assert code == 2 and "new_token_ids" in err
+    code, _, err = run_cli("train", "--model", tmp_path, "--data", tmp_path, "--out-dir", tmp_path / "o",
+                           "--max-steps", "10")
+    assert code == 1 and "not a Hugging Face folder" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_from_another_tokenizer_is_refused(tmp_path):
+    from tests.train_tiny import write_packed_folder
+    from train.data import check_data_matches_model
+    data = write_packed_folder(tmp_path / "data", vocab=200)
+    with pytest.raises(LingraftError, match="vocabulary of 200 but the model has only 96"):
+        check_data_matches_model(data, tmp_path, 96)

@@ -1,0 +1,14 @@
+"""Training engines behind one interface (`TrainBackend`): local and DeepSpeed ZeRO."""
+from __future__ import annotations
+
+from train.backends.base import NonFiniteLoss, StepResult, TrainBackend
+
+__all__ = ["NonFiniteLoss", "StepResult", "TrainBackend", "build_backend"]
+
+
+def build_backend(cfg, model, runtime, dist) -> TrainBackend:
+    if cfg.backend == "deepspeed":
+        from train.backends.deepspeed_backend import DeepSpeedBackend
+        return DeepSpeedBackend(model, cfg, runtime, dist)
+    from train.backends.local_backend import LocalBackend
+    return LocalBackend(model, cfg, runtime, dist)

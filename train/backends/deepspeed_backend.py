@@ -1,0 +1,68 @@
+"""DeepSpeed ZeRO 1/2/3 with a client torch AdamW and the cosine schedule.
+
+The model arrives frozen (and split for new_rows), so DeepSpeed's flat buffers, gradient
+partitions and optimizer states cover exactly the trainable tensors. Checkpoints leave
+frozen weights out; they come from the base model on resume and export.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train.backends.base import StepResult, global_mean_loss
+from train.config import TrainConfig
+from train.dist import DistInfo
+from train.ds_config import fill_ds_config
+from train.loss import micro_batch_loss
+from train.model_setup import Runtime
+from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
+
+TAG = "zero"
+
+
+class DeepSpeedBackend:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime, dist: DistInfo) -> None:
+        import deepspeed
+        self.cfg, self.runtime = cfg, runtime
+        ds_config = fill_ds_config(cfg, dist.world_size, runtime.dtype == torch.bfloat16, model.config.hidden_size)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=build_optimizer(model, cfg.optim), config=ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.max_steps), dist_init_required=False)
+        self.model = self.engine.module
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+        losses = []
+        last = len(micro_batches) - 1
+        for i, batch in enumerate(micro_batches):
+            loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask)
+            self.engine.backward(loss)        # scales by 1/gradient_accumulation_steps itself
+            losses.append(loss.detach())
+            if i < last:
+                self.engine.step()            # not a boundary: only advances DeepSpeed's counters
+        mean_loss = global_mean_loss(losses, self.runtime.device)   # raises before the update on NaN/inf
+        lr = self.scheduler.get_last_lr()[0]
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return StepResult(loss=mean_loss, grad_norm=None if norm is None else float(norm), lr=lr)
+
+    def optimizer_state_bytes(self) -> int:
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)   # ZeRO wraps the client AdamW
+        return optimizer_state_bytes(inner)
+
+    def save(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag=TAG, save_latest=False, exclude_frozen_parameters=True)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag=TAG, load_module_strict=False,
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            from lingraft.errors import LingraftError
+            raise LingraftError(f"{folder}: no DeepSpeed checkpoint to resume from")
+
+
+def read_trainable_state(engine_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 trained parameters of a ZeRO checkpoint (frozen ones are not in it), for export."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(engine_dir), tag=TAG, exclude_frozen_parameters=True)

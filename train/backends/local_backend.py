@@ -1,0 +1,89 @@
+"""One process, plain PyTorch: the CPU path and the reference the distributed engines match.
+
+Also the base of the FSDP2 engine, which differs only in how the model is wrapped, how
+the gradient norm is reduced and how state is saved.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train.backends.base import StepResult, global_mean_loss, trainable_named_parameters
+from train.config import TrainConfig
+from train.dist import DistInfo
+from train.loss import micro_batch_loss
+from train.model_setup import Runtime
+from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
+
+STATE_FILE = "state.pt"
+
+
+class LocalBackend:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime, dist: DistInfo) -> None:
+        self.model = self.wrap(model, cfg, runtime)
+        self.cfg, self.runtime, self.dist = cfg, runtime, dist
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def wrap(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime) -> nn.Module:
+        return model
+
+    def autocast(self):
+        # Weights stay fp32 (they are the master copy); matmuls run in bf16 on GPU.
+        if self.runtime.device.type == "cuda" and self.runtime.dtype == torch.bfloat16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def grad_norm_and_clip(self) -> float:
+        max_norm = self.cfg.optim.grad_clip or float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
+        losses = []
+        for batch in micro_batches:
+            with self.autocast():
+                loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask)
+            (loss / len(micro_batches)).backward()
+            losses.append(loss.detach())
+        try:
+            mean_loss = global_mean_loss(losses, self.runtime.device)
+        except Exception:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+        grad_norm = self.grad_norm_and_clip()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr)
+
+    def optimizer_state_bytes(self) -> int:
+        return optimizer_state_bytes(self.optimizer)
+
+    # -- state ----------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        trainable = {name: p.detach().cpu() for name, p in trainable_named_parameters(self.model).items()}
+        torch.save({"trainable": trainable, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict()}, folder / STATE_FILE)
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / STATE_FILE, map_location=self.runtime.device, weights_only=True)
+        params = trainable_named_parameters(self.model)
+        if set(params) != set(state["trainable"]):
+            from lingraft.errors import LingraftError
+            raise LingraftError(f"{folder}: checkpoint trains {sorted(state['trainable'])[:3]}..., "
+                                f"this config trains {sorted(params)[:3]}...; same `trainable` needed to resume")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state["trainable"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def read_trainable_state(engine_dir: Path) -> dict[str, torch.Tensor]:
+    """Trained parameters of a local checkpoint, for export."""
+    return torch.load(engine_dir / STATE_FILE, map_location="cpu", weights_only=True)["trainable"]

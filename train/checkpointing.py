@@ -1,0 +1,124 @@
+"""Checkpoint folders: atomic publication, keep-last-K, RNG state, finding the newest.
+
+Layout under ``<out_dir>/checkpoints``::
+
+    step_00000100/            one complete checkpoint
+        engine/               the backend's own files (ZeRO shards or a torch.save file)
+        rng_rank<r>.pt        python/numpy/torch RNG of rank r
+        trainer_state.json    step, data position per rank, run meta (what trained, base model)
+    latest                    name of the newest complete checkpoint
+
+All ranks write into ``.tmp-step_...`` (a shared filesystem is assumed across nodes);
+after a barrier rank 0 renames it into place and only then updates ``latest``. A run
+killed at any moment leaves either the previous or the new checkpoint, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, write_json
+from lingraft.log import get_logger
+from train.dist import DistInfo, barrier
+
+log = get_logger(__name__)
+
+ENGINE_DIR = "engine"
+STATE_FILE = "trainer_state.json"
+LATEST = "latest"
+
+
+def checkpoint_root(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out_dir: Path, step: int, dist: DistInfo, save_engine: Callable[[Path], None],
+                    trainer_state: dict[str, Any], keep_last: int) -> Path:
+    """Write checkpoint `step` with every rank; returns its final path."""
+    root = checkpoint_root(out_dir)
+    final = root / step_name(step)
+    tmp = root / f"{TMP_PREFIX}{step_name(step)}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / ENGINE_DIR).mkdir(parents=True)
+    barrier()
+    save_engine(tmp / ENGINE_DIR)
+    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+    _gather_data_states(tmp, dist, trainer_state)
+    barrier()
+    if dist.is_main:
+        if final.exists():          # a re-run of the same step after a crash past the rename
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with atomic_open(root / LATEST) as fh:
+            fh.write(final.name + "\n")
+        _prune(root, keep_last)
+    barrier()
+    return final
+
+
+def _gather_data_states(tmp: Path, dist: DistInfo, trainer_state: dict[str, Any]) -> None:
+    """Each rank's data position goes into its own file; rank 0 also writes the shared state."""
+    write_json(tmp / f"data_rank{dist.rank}.json", trainer_state.pop("data"))
+    if dist.is_main:
+        write_json(tmp / STATE_FILE, {**trainer_state, "world_size": dist.world_size})
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    root = checkpoint_root(out_dir)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def load_trainer_state(ckpt: Path, dist: DistInfo) -> dict[str, Any]:
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    if state["world_size"] != dist.world_size:
+        from lingraft.errors import LingraftError
+        raise LingraftError(f"{ckpt}: written by {state['world_size']} ranks, resuming with {dist.world_size}; "
+                            "exact resume needs the same world size (export and start a new run instead)")
+    state["data"] = json.loads((ckpt / f"data_rank{dist.rank}.json").read_text())
+    set_rng_state(torch.load(ckpt / f"rng_rank{dist.rank}.pt", weights_only=False))
+    return state
+
+
+def prepare_root(out_dir: Path, dist: DistInfo) -> None:
+    if dist.is_main:
+        root = checkpoint_root(out_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(root)
+    barrier()

@@ -1,0 +1,143 @@
+"""Typed configuration of embedding-only training (`lingraft train`, `launch/train.py`).
+
+Kept free of torch/transformers imports so that `lingraft --help` and config validation
+stay fast and every config error is reported before any process is launched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lingraft.config import require
+
+Trainable = Literal["embeddings", "new_rows", "full", "layers"]
+# FSDP2 (`fully_shard`) is the next backend; until it lands the config rejects it up front.
+Backend = Literal["local", "deepspeed"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 100          # the LEP default
+    min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio at max_steps
+    grad_clip: float = 1.0           # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "optim.lr", "must be > 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+                "expected two values in [0, 1)")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        require(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 500
+    keep_last: int = 3
+    resume: bool = True              # continue from the newest checkpoint in out_dir, if any
+
+    def __post_init__(self) -> None:
+        require(self.every_steps > 0, "checkpoint.every_steps", "must be > 0")
+        require(self.keep_last > 0, "checkpoint.keep_last", "must be > 0")
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 1
+    tensorboard: bool = True
+    wandb_project: str | None = None
+    plot: bool = True                # loss-curve PNG at the end of the run
+    peak_tflops: float | None = None  # per device, for MFU; known GPUs are detected
+
+    def __post_init__(self) -> None:
+        require(self.every_steps > 0, "log.every_steps", "must be > 0")
+        require(self.peak_tflops is None or self.peak_tflops > 0, "log.peak_tflops", "must be > 0")
+
+
+@dataclass
+class LaunchConfig:
+    """How `lingraft train` starts the processes (launch/train.py ignores this section)."""
+    launcher: Literal["auto", "none", "deepspeed", "torchrun", "mpirun"] = "auto"
+    nproc_per_node: int = 1
+    hostfile: Path | None = None
+    ds_launcher: Literal["pdsh", "openmpi", "slurm"] = "pdsh"
+    master_addr: str | None = None
+    master_port: int = 29500
+    dist_timeout_s: int = 600        # an unreachable master fails after this, never hangs
+
+    def __post_init__(self) -> None:
+        require(self.nproc_per_node > 0, "launch.nproc_per_node", "must be > 0")
+        require(0 < self.master_port < 65536, "launch.master_port", "must be a TCP port")
+        require(self.dist_timeout_s > 0, "launch.dist_timeout_s", "must be > 0")
+
+
+def parse_id_ranges(spec: str) -> list[tuple[int, int]]:
+    """``"32000:48000,5,7"`` -> [(32000, 48000), (5, 6), (7, 8)] (half-open ranges)."""
+    ranges = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        lo, _, hi = part.partition(":")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"bad id range {part!r} (expected START:END or ID)")
+        start, end = int(lo), int(hi) if hi else int(lo) + 1
+        if end <= start:
+            raise ValueError(f"empty id range {part!r}")
+        ranges.append((start, end))
+    return ranges
+
+
+@dataclass
+class TrainConfig:
+    model: Path = field(metadata={"help": "HF checkpoint folder (e.g. the output of `lingraft init`)"})
+    data: Path = field(metadata={"help": "packed dataset folder (`lingraft prep pack`)"})
+    out_dir: Path = field(metadata={"help": "run folder: checkpoints, logs, plots"})
+    max_steps: int = field(metadata={"help": "optimizer steps"})
+    backend: Backend = field(default="deepspeed", metadata={"help": "training engine"})
+    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage (1, 2, 3)"})
+    ds_config: Path | None = field(default=None, metadata={"help": "DeepSpeed template (default ds_configs/zero<stage>.json)"})
+    trainable: Trainable = field(default="embeddings", metadata={"help": "what carries gradients"})
+    trainable_modules: list[str] = field(default_factory=list, metadata={
+        "help": "module names for trainable=layers, e.g. model.layers.0 (tables are always included)"})
+    token_map: Path | None = field(default=None, metadata={
+        "help": "token_map.safetensors telling new rows apart (default: <model>/token_map.safetensors)"})
+    new_token_ids: str | None = field(default=None, metadata={"help": "explicit new rows, e.g. 32000:48000"})
+    micro_batch_size: int = 1
+    grad_accum_steps: int = 1
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"help": "auto: bf16 on GPU, fp32 on CPU"})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    attention: Literal["auto", "flash_attention_2", "flex_attention", "sdpa"] = "auto"
+    doc_mask: bool = field(default=True, metadata={"help": "stop attention at document boundaries"})
+    activation_checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def __post_init__(self) -> None:
+        require(self.max_steps > 0, "max_steps", "must be > 0")
+        require(self.zero_stage in (1, 2, 3), "zero_stage", "expected 1, 2 or 3")
+        require(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
+        require(self.grad_accum_steps > 0, "grad_accum_steps", "must be > 0")
+        require(self.trainable != "layers" or bool(self.trainable_modules), "trainable_modules",
+                "trainable=layers needs at least one module name")
+        require(self.trainable == "layers" or not self.trainable_modules, "trainable_modules",
+                f"only used with trainable=layers (trainable is {self.trainable!r})")
+        require(self.trainable == "new_rows" or (self.new_token_ids is None and self.token_map is None),
+                "new_token_ids" if self.new_token_ids is not None else "token_map", "only used with trainable=new_rows")
+        require(self.new_token_ids is None or self.token_map is None, "new_token_ids",
+                "give either new_token_ids or token_map, not both")
+        if self.new_token_ids is not None:
+            try:
+                parse_id_ranges(self.new_token_ids)
+            except ValueError as exc:
+                require(False, "new_token_ids", str(exc))
+        require(not (self.backend == "local" and self.launch.nproc_per_node > 1), "backend",
+                "local runs one process; use deepspeed for launch.nproc_per_node > 1")
+        require(self.ds_config is None or self.ds_config.is_file(), "ds_config", f"{self.ds_config}: file not found")

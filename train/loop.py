@@ -1,0 +1,133 @@
+"""The training run: set up, resume, step, log, checkpoint. Same code for every launcher."""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lingraft.config import to_dict
+from lingraft.errors import LingraftError
+from lingraft.log import get_logger, progress
+from train.backends import NonFiniteLoss, build_backend
+from train.checkpointing import latest_checkpoint, load_trainer_state, prepare_root, save_checkpoint
+from train.config import TrainConfig
+from train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
+from train.dist import DistInfo, init_distributed
+from train.flops import GradPlan, ModelShape, attended_keys_per_token, mfu, peak_flops_per_device, \
+    training_flops_per_token
+from train.metrics_log import MetricsLogger
+from train.model_setup import Runtime, build_model, decoder_blocks, resolve_runtime
+
+log = get_logger(__name__)
+
+SourceFactory = Callable[[TrainConfig, DistInfo], SampleSource]
+
+
+def _default_source(cfg: TrainConfig, dist: DistInfo) -> SampleSource:
+    return open_packed(cfg.data, rank=dist.rank, world_size=dist.world_size, seed=cfg.seed)
+
+
+def _grad_plan(cfg: TrainConfig, model: torch.nn.Module, shape: ModelShape, split) -> GradPlan:
+    blocks = frozenset(i for i, block in enumerate(decoder_blocks(model))
+                       if any(p.requires_grad for p in block.parameters()))
+    new_rows = int(split.new_ids.numel()) if split is not None else 0
+    return GradPlan.for_mode(cfg.trainable, shape, blocks=blocks, new_rows=new_rows)
+
+
+def _peak_memory_gib(runtime: Runtime) -> float:
+    if runtime.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(runtime.device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux reports KiB
+
+
+def run_meta(cfg: TrainConfig, split) -> dict:
+    return {"base_model": str(Path(cfg.model).resolve()), "trainable": cfg.trainable, "backend": cfg.backend,
+            "zero_stage": cfg.zero_stage, "vocab_size": int(split.vocab_size) if split is not None else None,
+            "new_token_ids": split.new_ids.tolist() if split is not None else None}
+
+
+def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> Path:
+    """Run (or resume) training; returns the final checkpoint folder."""
+    dist = init_distributed(cfg.launch.dist_timeout_s, use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
+    runtime = resolve_runtime(cfg, dist.local_rank)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    prepare_root(out_dir, dist)
+
+    from transformers import AutoConfig
+    model_config = AutoConfig.from_pretrained(cfg.model)
+    if source_factory is _default_source:     # in-memory sources (tests) carry no manifest
+        check_data_matches_model(Path(cfg.data), Path(cfg.model), model_config.vocab_size)
+
+    model, split = build_model(cfg, runtime)
+    backend = build_backend(cfg, model, runtime, dist)
+    stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device)
+
+    step, last_good = 0, None
+    ckpt = latest_checkpoint(out_dir) if cfg.checkpoint.resume else None
+    if ckpt is not None:
+        state = load_trainer_state(ckpt, dist)
+        backend.load(ckpt / "engine")
+        stream.load_state_dict(state["data"])
+        step, last_good = state["step"], ckpt
+        log.info("resumed from %s (step %d)", ckpt, step)
+
+    shape = ModelShape.from_hf_config(model_config)
+    plan = _grad_plan(cfg, backend.model, shape, split)
+    peak = peak_flops_per_device(cfg.log.peak_tflops)
+    metrics = MetricsLogger(out_dir, cfg.log, dist.is_main, step, to_dict(cfg))
+    meta = run_meta(cfg, split)
+
+    def checkpoint(at: int) -> Path:
+        return save_checkpoint(out_dir, at, dist, backend.save,
+                               {"step": at, "meta": meta, "data": stream.state_dict()}, cfg.checkpoint.keep_last)
+
+    bar = progress(total=cfg.max_steps, initial=step, desc="train", unit="step")
+    try:
+        while step < cfg.max_steps:
+            start = time.perf_counter()
+            micro = [stream.next_micro_batch() for _ in range(cfg.grad_accum_steps)]
+            try:
+                result = backend.train_step(micro)
+            except NonFiniteLoss as exc:
+                where = last_good or "none (no checkpoint was written yet)"
+                raise LingraftError(f"step {step + 1}: {exc}; the step was not applied and the run stops. "
+                                    f"Last good checkpoint: {where}") from None
+            step += 1
+            elapsed = time.perf_counter() - start
+            tokens = sum(int(b["input_ids"].numel()) for b in micro)        # this rank
+            attended = sum(attended_keys_per_token(b["position_ids"]) for b in micro) / len(micro)
+            flops = training_flops_per_token(shape, plan, attended if cfg.doc_mask else (micro[0]["input_ids"].shape[1] + 1) / 2)
+            row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                   "tokens_per_s": tokens * dist.world_size / elapsed, "step_time_s": elapsed,
+                   "peak_mem_gib": _peak_memory_gib(runtime)}
+            utilisation = mfu(tokens / elapsed, flops, peak)
+            if utilisation is not None:
+                row["mfu"] = utilisation
+            if step % cfg.log.every_steps == 0 or step == cfg.max_steps:
+                metrics.log_step(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if step % cfg.checkpoint.every_steps == 0 or step == cfg.max_steps:
+                last_good = checkpoint(step)
+    finally:
+        bar.close()
+        plot = metrics.close()
+    if dist.is_main:
+        _write_manifest(cfg, out_dir, last_good, plot, backend.optimizer_state_bytes())
+    return last_good
+
+
+def _write_manifest(cfg: TrainConfig, out_dir: Path, final: Path, plot: Path | None, opt_bytes: int) -> None:
+    from lingraft.manifest import new_manifest
+    from train.metrics_log import read_metrics
+    rows = read_metrics(out_dir)
+    manifest = new_manifest("train", cfg)
+    manifest.inputs = {"model": {"path": str(cfg.model)}, "data": {"path": str(cfg.data)}}
+    manifest.outputs = {"final_checkpoint": str(final), "loss_plot": str(plot) if plot else None}
+    manifest.metrics = {"steps": len(rows), "final_loss": rows[-1]["loss"] if rows else None,
+                        "optimizer_state_bytes_rank0": opt_bytes}
+    manifest.write(out_dir)

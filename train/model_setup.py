@@ -1,0 +1,157 @@
+"""Load the checkpoint and decide what trains, before any engine wraps the model.
+
+Freezing happens here, on the plain HF module: DeepSpeed and FSDP build their flat
+buffers and optimizer partitions from `requires_grad` at wrap time, so anything frozen
+later would still be sharded, reduced and given optimizer state.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lingraft.errors import LingraftError
+from lingraft.log import get_logger
+from train.config import TrainConfig, parse_id_ranges
+from train.split_vocab import VocabSplit, split_model_tables
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    attention: str
+
+
+def resolve_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
+    """Device, dtype and attention kernel: bf16 on GPU and fp32 on CPU unless told otherwise."""
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise LingraftError("device=cuda but no CUDA device is visible")
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.precision,
+                                                                 torch.bfloat16 if use_cuda else torch.float32)
+    attention = cfg.attention
+    if attention == "auto":
+        if use_cuda and importlib.util.find_spec("flash_attn") is not None:
+            attention = "flash_attention_2"
+        elif use_cuda:
+            attention = "flex_attention"
+        else:
+            attention = "sdpa"
+    if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise LingraftError("attention=flash_attention_2 but flash-attn is not installed (pip install lingraft[gpu])")
+    return Runtime(device=device, dtype=dtype, attention=attention)
+
+
+def load_model(path: Path, runtime: Runtime) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype, attn_implementation=runtime.attention)
+    model.config.use_cache = False
+    return model.to(runtime.device)
+
+
+def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
+    """The rows that train under trainable=new_rows: an explicit range or the token map's provenance."""
+    if cfg.new_token_ids is not None:
+        ids = torch.cat([torch.arange(lo, hi) for lo, hi in parse_id_ranges(cfg.new_token_ids)])
+    else:
+        from vocabulary.token_map import PROVENANCES, TokenMap
+        path = cfg.token_map or Path(cfg.model) / "token_map.safetensors"
+        if not Path(path).is_file():
+            raise LingraftError(f"trainable=new_rows: {path} not found; give token_map or new_token_ids")
+        tmap = TokenMap.load(path)
+        if tmap.new_vocab != vocab_size:
+            raise LingraftError(f"{path}: token map covers {tmap.new_vocab} tokens, the model has {vocab_size}")
+        old_codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
+        ids = torch.nonzero(~torch.isin(tmap.provenance, old_codes)).flatten()
+    if ids.numel() and int(ids.max()) >= vocab_size:
+        raise LingraftError(f"new_token_ids: id {int(ids.max())} is outside the vocabulary of {vocab_size}")
+    return ids
+
+
+def _table_modules(model: nn.Module) -> list[nn.Module]:
+    head = model.get_output_embeddings()
+    return [model.get_input_embeddings(), *([head] if head is not None else [])]
+
+
+def _named(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LingraftError(f"trainable_modules: no module named {name!r}{hint}")
+        found.append(modules[name])
+    return found
+
+
+def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
+    """Set `requires_grad` for cfg.trainable; for new_rows, split the tables. Returns the split."""
+    split = None
+    if cfg.trainable == "full":
+        model.requires_grad_(True)
+        return None
+    model.requires_grad_(False)
+    if cfg.trainable == "new_rows":
+        vocab = model.get_input_embeddings().num_embeddings
+        split = split_model_tables(model, new_token_ids(cfg, vocab))
+        # The split tables' only Parameter is the new rows; the old rows are buffers.
+        for module in _table_modules(model):
+            module.requires_grad_(True)
+        return split
+    trainable = _table_modules(model)
+    if cfg.trainable == "layers":
+        trainable += _named(model, cfg.trainable_modules)
+    for module in trainable:
+        module.requires_grad_(True)
+    return split
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen_buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith(".frozen"))
+    return {"params_total": total, "params_trainable": trained, "frozen_table_rows_elems": frozen_buffers}
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    # Non-reentrant: works when the block inputs do not require grad (frozen embeddings)
+    # and composes with FSDP2 and torch.compile.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Compile each decoder block separately: small graphs, no recompiles across blocks."""
+    for block in decoder_blocks(model):
+        block.compile()
+
+
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise LingraftError(f"{type(model).__name__}: cannot find the decoder blocks (expected model.layers)")
+    return list(layers)
+
+
+def build_model(cfg: TrainConfig, runtime: Runtime) -> tuple[nn.Module, VocabSplit | None]:
+    """The model as every backend receives it: loaded, frozen/split, checkpointed, compiled."""
+    model = load_model(cfg.model, runtime)
+    split = apply_trainable(model, cfg)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise LingraftError(f"trainable={cfg.trainable}: nothing to train")
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if cfg.compile:
+        compile_blocks(model)
+    model.train()
+    log.info("model %s: %s", Path(cfg.model).name, trainable_summary(model))
+    return model, split
