@@ -1,0 +1,177 @@
+"""LEP Extended vocabulary: old ids unchanged, protected English unchanged, Russian shorter."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from lingraft.errors import LingraftError
+from vocabulary.bpe_surgery import plan_extension, plan_shrink, reachable
+from vocabulary.extend import extend, read_vocab_map, reencoded_words
+from vocabulary.loading import backend_json, load_tokenizer
+
+BASES = {"llama3": "tokenizers/llama3/tokenizer.json.xz", "mistral": "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"}
+MIXED = ("Привет, мир! Как дела у тебя сегодня? Hello world, this is English text.\n"
+         "«Ёлки-палки», — сказал он в 1984 году.  Tabs\tand   spaces; emoji 🙂 and 日本語.")
+
+
+# Expensive objects are built once per session and shared with test_optimize (read-only).
+@lru_cache(maxsize=None)
+def base_tokenizer(shared: Path, name: str):
+    return load_tokenizer(shared / BASES[name])
+
+
+@lru_cache(maxsize=None)
+def russian(shared: Path, max_chars: int = 600_000) -> tuple[str, ...]:
+    from vocabulary.corpus import CorpusText
+    return tuple(CorpusText([str(shared / "ru_text/ruslit.jsonl.xz")], "text", max_chars))
+
+
+@lru_cache(maxsize=None)
+def english(shared: Path) -> tuple[str, ...]:
+    from vocabulary.corpus import CorpusText
+    return tuple(CorpusText([str(shared / "en_text/fineweb_en_sample.jsonl")], "text"))
+
+
+@lru_cache(maxsize=None)
+def ud_sentences(shared: Path) -> tuple[str, ...]:
+    with open(shared / "ru_text/ud_russian_sentences.jsonl", encoding="utf-8") as fh:
+        return tuple(json.loads(line)["text"] for line in fh)
+
+
+@lru_cache(maxsize=None)
+def new_tokenizer(shared: Path, name: str, vocab_size: int = 3000):
+    """A small Russian BPE trained with the base's pipeline (training.py's `like: base`)."""
+    from vocabulary.training import TrainParams, base_pipeline, train_tokenizer
+    base = base_tokenizer(shared, name)
+    return train_tokenizer(russian(shared), base_pipeline(base, []), TrainParams("bpe", vocab_size))
+
+
+def n_tokens(tok, texts) -> int:
+    """Tokens for `texts` (same texts, so comparing counts compares tokens per word)."""
+    return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False))
+
+
+@lru_cache(maxsize=None)
+def extended(shared: Path, name: str):
+    """Extended with every acceptable new token, protecting the first 300 fineweb documents."""
+    return extend(base_tokenizer(shared, name), new_tokenizer(shared, name), None, english(shared)[:300])
+
+
+@pytest.fixture(scope="module", params=sorted(BASES))
+def case(request, shared):
+    name = request.param
+    return base_tokenizer(shared, name), extended(shared, name)
+
+
+def test_old_tokens_keep_their_ids(case):
+    base, variant = case
+    n_old = len(base)
+    assert variant.old_id_of_new_id[:n_old] == list(range(n_old))
+    assert all(i == -1 for i in variant.old_id_of_new_id[n_old:])
+    assert variant.counts["added"] == len(variant.tokenizer) - n_old > 300
+    assert variant.tokenizer.convert_ids_to_tokens(list(range(n_old))) == base.convert_ids_to_tokens(list(range(n_old)))
+    # Special/added tokens (Llama-3's 128000-128255, Mistral's <unk> <s> </s>) stay special, at their ids.
+    old_added = {i: t.content for i, t in base.added_tokens_decoder.items()}
+    assert {i: t.content for i, t in variant.tokenizer.added_tokens_decoder.items()} == old_added
+    for token_id, content in old_added.items():
+        assert variant.tokenizer.encode(content, add_special_tokens=False) == [token_id]
+    assert variant.tokenizer.encode("Hello world") == base.encode("Hello world")   # BOS added as before
+
+
+def test_protected_english_encodes_to_the_same_ids(case, shared):
+    base, variant = case
+    protected = english(shared)[:300]
+    drift = reencoded_words(base, variant.tokenizer, len(base), protected)
+    assert drift["docs"] == 300 and drift["changed_docs"] == 0 and drift["changed_words"] == 0
+    # Held-out English (not used for protection): measured 0 (Llama-3) and 2e-5 (Mistral) of words re-encoded.
+    held_out = reencoded_words(base, variant.tokenizer, len(base), english(shared)[300:450])
+    assert held_out["words"] > 70_000
+    assert held_out["changed_word_rate"] < 1e-3
+
+
+def test_russian_needs_fewer_tokens_per_word(case, shared):
+    base, variant = case
+    ud = ud_sentences(shared)
+    assert n_tokens(variant.tokenizer, ud) < 0.99 * n_tokens(base, ud)
+
+
+def test_round_trip_on_mixed_text(case, shared):
+    base, variant = case
+    tok = variant.tokenizer
+    text = MIXED + russian(shared)[0][:3000]
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    assert max(ids) >= len(base)   # new tokens are used
+
+
+def test_every_token_is_reachable(case):
+    _, variant = case
+    data = backend_json(variant.tokenizer)
+    assert reachable(data) == set(data["model"]["vocab"])
+
+
+def test_cli_keeps_chat_template_and_writes_map(shared, tmp_path, run_cli):
+    base = load_tokenizer(shared / BASES["mistral"])
+    base.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}{% endfor %}"
+    base.save_pretrained(tmp_path / "base")
+    out = tmp_path / "ext"
+    code, _, err = run_cli("tokenizer", "extend", "--base", tmp_path / "base", "--out", out,
+                           "--data", shared / "ru_text/ruslit.jsonl.xz", "--max-chars", "100000",
+                           "--new-vocab-size", "1000", "--add", "100")
+    assert code == 0, err
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == base.chat_template
+    assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
+    chat = tok.apply_chat_template([{"role": "user", "content": "Привет"}], tokenize=False)
+    assert chat == "[user] Привет</s>"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["added"] == 100 and len(tok) == 32100
+    assert manifest["metrics"]["base_fingerprint"] != manifest["metrics"]["variant_fingerprint"]
+    old_id = read_vocab_map(out)
+    assert old_id[:32000] == list(range(32000)) and old_id[32000:] == [-1] * 100
+
+
+def test_non_bpe_base_and_foreign_pipeline_are_refused(shared):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    unigram = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0)], 0)))
+    with pytest.raises(LingraftError, match="Unigram model; vocabulary extension and optimisation need a BPE"):
+        extend(unigram, new_tokenizer(shared, "mistral"))
+    gpt2 = load_tokenizer(shared / "tokenizers/gpt2")
+    with pytest.raises(LingraftError, match="pre_tokenizer differs from the base's"):
+        extend(gpt2, new_tokenizer(shared, "llama3"))
+
+
+# -- the merge rule on a toy vocabulary ---------------------------------------------------
+
+TOY = {c: i for i, c in enumerate("abcdr")}
+
+
+def test_plan_follows_rank_budget_and_protection():
+    new_merges = [("a", "b"), ("r", "a"), ("ab", "ra"), ("c", "a"), ("abra", "ca")]
+    plan = plan_extension(TOY, new_merges, budget=3)
+    assert plan.tokens == ["ab", "ra", "abra"]
+    assert plan.merges == [("a", "b"), ("r", "a"), ("ab", "ra")]
+    # Building "abra" from a protected pair is refused, and so is everything built from it.
+    plan = plan_extension(TOY, new_merges, budget=None, protected_pairs={("ab", "ra")})
+    assert plan.tokens == ["ab", "ra", "ca"] and plan.rejected_by_protect == 2
+    # A token with several spellings gets one merge per spelling; a frequency order pulls in parts.
+    plan = plan_extension(TOY, [("a", "b"), ("b", "c"), ("ab", "c")], budget=None, order=["abc"])
+    assert plan.tokens == ["ab", "abc"] and plan.merges == [("a", "b"), ("ab", "c")]
+    plan = plan_extension({**TOY, "bc": 5}, [("a", "b"), ("ab", "c")], budget=None)
+    assert plan.merges == [("a", "b"), ("a", "bc"), ("ab", "c")]
+
+
+def test_shrink_keeps_closures_and_exact_size():
+    tok_json = {"model": {"type": "BPE", "vocab": {**TOY, "ab": 5, "abr": 6, "ra": 7, "abra": 8},
+                          "merges": [["a", "b"], ["ab", "r"], ["r", "a"], ["abr", "a"], ["ab", "ra"]]},
+                "added_tokens": [{"id": 9, "content": "<s>"}]}
+    assert plan_shrink(tok_json, size=8, order=["abra"]) == {*TOY, "ab", "abr", "abra", "<s>"}
+    # "abra" needs 3 slots (itself, "abr", "ab"); with 7 the room left goes to the lowest-ranked merges.
+    assert plan_shrink(tok_json, size=7, order=["abra"]) == {*TOY, "ab", "abr", "<s>"}
+    with pytest.raises(LingraftError, match="5 atoms"):
+        plan_shrink(tok_json, size=4, order=[])
