@@ -20,7 +20,7 @@ test: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	LINGRAFT_SHARED=$(SHARED) $(VENV)/bin/lingraft pipeline --config configs/demo.yaml
+	LINGRAFT_SHARED=$(SHARED) $(VENV)/bin/lingraft pipeline --config configs/demo.yaml $(DEMO_ARGS)
 
 bench: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) bench/pack_throughput.py

@@ -19,6 +19,7 @@ from typing import IO, Iterator, Literal
 from data_prep.records import Document, DropLog
 from lingraft.config import require
 from lingraft.errors import LingraftError
+from lingraft.manifest import MANIFEST_NAME
 
 SourceFormat = Literal["auto", "jsonl", "text", "parquet", "hf"]
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -108,9 +109,14 @@ def _is_saved_dataset(folder: Path) -> bool:
 
 
 def _data_files(folder: Path, fmt: SourceFormat) -> list[Path]:
-    """The files of `folder` (recursively, sorted) whose names say they hold `fmt`."""
+    """The files of `folder` (recursively, sorted) whose names say they hold `fmt`.
+
+    A stage's own `manifest.json` is metadata, not data, so a `prep clean` output folder
+    reads as its parts.
+    """
     return sorted(f for f in folder.rglob("*")
-                  if f.is_file() and not f.name.startswith(".") and _format_of_name(f.name) == fmt)
+                  if f.is_file() and not f.name.startswith(".") and f.name != MANIFEST_NAME
+                  and _format_of_name(f.name) == fmt)
 
 
 def _files(path: str, fmt: SourceFormat) -> list[Path]:

@@ -34,9 +34,12 @@ class Command:
 
 def _commands() -> list[Command]:
     from data_prep.commands import COMMANDS as prep
+    from evaluation.commands import COMMANDS as evaluation
+    from lingraft.commands import COMMANDS as pipeline
+    from propagate.commands import COMMANDS as propagate
     from train.commands import COMMANDS as train
     from vocabulary.commands import COMMANDS as vocab
-    return [*vocab, *prep, *train]
+    return [*vocab, *prep, *train, *propagate, *pipeline, *evaluation]
 
 
 def _is_list(tp: Any) -> bool:

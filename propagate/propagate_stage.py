@@ -1,0 +1,163 @@
+"""`lingraft propagate`: write I (an instruct sibling of B) with A's vocabulary and propagated tables.
+
+Order of work: resolve the three models and check their configs are compatible (nothing is
+read beyond configs and shard headers until that passes); load the tokenizers and the token
+map; then, one table kind at a time (input, then head), read the B, A and I tables, fit and
+apply the map, copy I's special-token rows; finally stream I's other tensors shard by shard
+into a temporary folder that replaces `out` only when everything, manifest included, is written.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lingraft.atomic import atomic_dir, write_json
+from lingraft.checkpoint import CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors, \
+    resolve_model, write_checkpoint
+from lingraft.errors import LingraftError
+from lingraft.log import get_logger
+from lingraft.manifest import new_manifest
+from propagate.compat import check_compatible, load_config
+from propagate.config import PropagateConfig
+from propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
+from propagate.vocabularies import OutputVocabulary, check_siblings, output_vocabulary, resolve_token_map, \
+    shared_tokens
+from vocabulary.embedding_init import padded_size
+from vocabulary.init_stage import remap_token_ids
+from vocabulary.loading import load_tokenizer
+from vocabulary.token_map import TokenMap
+
+log = get_logger(__name__)
+
+
+def _table_names(ckpt: Checkpoint) -> dict[str, str]:
+    """{"input": name, "head": name} of the tables propagation rewrites; a tied model has no head."""
+    names = embedding_names(ckpt)
+    return {"input": names.input, **({"head": names.output} if names.output and not names.tied else {})}
+
+
+def _check_rows(table: torch.Tensor, tokens: int, role: str, folder: Path) -> None:
+    if table.shape[0] < tokens:
+        raise LingraftError(f"{folder}: the {role} table has {table.shape[0]} rows but the tokenizer "
+                            f"{tokens} tokens")
+
+
+def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]],
+                     vocab: OutputVocabulary, fit_on: TokenMap | None, token_counts: dict[str, int]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The output tables, keyed by I's tensor names, and each fit's summary."""
+    out_tables, fits = {}, {}
+    rows_needed = len(vocab.tokenizer)
+    for kind, i_name in names["I"].items():
+        read = {m: read_tensors(ckpts[m], [names[m][kind]])[names[m][kind]] for m in ("B", "A", "I")}
+        for m in ("B", "A", "I"):
+            _check_rows(read[m], token_counts[m], kind, ckpts[m].folder)
+        clock = time.perf_counter()
+        table, fit = propagate_table(cfg.method, read["A"], read["I"].dtype, fit_on, read["B"], read["I"])
+        seconds = time.perf_counter() - clock
+        if rows_needed > table.shape[0]:   # I's added tokens that A lacks are appended
+            table = grow_rows(table, padded_size(rows_needed, cfg.pad_to_multiple))
+        copy_rows(table, read["I"], list(vocab.instruct_rows), list(vocab.instruct_rows.values()))
+        out_tables[i_name] = table
+        if fit is not None:
+            fits[kind] = {**fit.summary(), "seconds": round(seconds, 3)}
+            log.info("%s map (%s): relative residual %.4g over %d rows, rank %d", kind, cfg.method,
+                     fit.relative_residual, fit.rows, fit.rank)
+        del read
+    return out_tables, fits
+
+
+def write_config_files(ckpt_i: Checkpoint, tmp: Path, rows: int, i_tok: Any, out_tok: Any) -> None:
+    """I's config and generation config with the vocabulary size and token ids of the output."""
+    import json
+    config = remap_token_ids(ckpt_i.config, i_tok, out_tok, str(ckpt_i.folder / "config.json"))
+    config["vocab_size"] = rows
+    write_json(tmp / "config.json", config)
+    generation_path = ckpt_i.folder / "generation_config.json"
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text(encoding="utf-8"))
+        write_json(tmp / "generation_config.json", remap_token_ids(generation, i_tok, out_tok, str(generation_path)))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. VmHWM where Linux has it: unlike ru_maxrss it starts
+    afresh at exec, so a parent's memory at fork time does not count."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    folders = {"B": resolve_model(cfg.base), "A": resolve_model(cfg.adapted), "I": resolve_model(cfg.instruct)}
+    configs = {m: load_config(str(f), cfg.trust_remote_code) for m, f in folders.items()}
+    check_compatible(configs["B"], configs["A"], configs["I"], (cfg.base, cfg.adapted, cfg.instruct))
+    ckpts = {m: open_checkpoint(f) for m, f in folders.items()}
+    names = {m: _table_names(c) for m, c in ckpts.items()}
+    toks = {m: load_tokenizer(f, cfg.trust_remote_code) for m, f in folders.items()}
+    check_siblings(toks["B"], toks["I"], cfg.instruct)
+    vocab = output_vocabulary(folders["A"], toks["I"], cfg.trust_remote_code)
+    fit_on, map_source = None, None
+    if cfg.method == "overlap":
+        new_ids, old_ids = shared_tokens(toks["B"], toks["A"])
+        fit_on, map_source = selection_map(new_ids, old_ids, len(toks["B"])), f"{len(old_ids)} shared tokens"
+    elif cfg.method == "conversion":
+        resolved = resolve_token_map(cfg.token_map, folders["A"], toks["B"], toks["A"])
+        fit_on, map_source = resolved.token_map, resolved.source
+    timings["prepare_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    tables, fits = propagate_tables(cfg, ckpts, names, vocab, fit_on, {m: len(t) for m, t in toks.items()})
+    rows = tables[names["I"]["input"]].shape[0]
+    tied_head = embedding_names(ckpts["I"]).output
+    if "head" not in names["I"] and tied_head:   # tied, but the head is stored too: keep them equal
+        tables[tied_head] = tables[names["I"]["input"]]
+    timings["tables_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    inputs = {"base": folders["B"], "adapted": folders["A"], "instruct": folders["I"],
+              **({"token_map": cfg.token_map} if cfg.token_map else {})}
+    manifest = new_manifest("propagate", cfg, inputs=inputs)
+    timings["hash_inputs_s"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    out = Path(cfg.out)
+    with atomic_dir(out) as tmp:
+        checksums = write_checkpoint(ckpts["I"], tmp, tables, int(cfg.max_shard_gb * 1e9))
+        write_config_files(ckpts["I"], tmp, rows, toks["I"], vocab.tokenizer)
+        vocab.tokenizer.save_pretrained(str(tmp))
+        timings["write_s"] = time.perf_counter() - clock
+        metrics: dict[str, Any] = {
+            "method": cfg.method, "fits": fits, "fit_rows_from": map_source, "rows": rows,
+            "tokens": len(vocab.tokenizer), "instruct_rows_copied": len(vocab.instruct_rows),
+            "added_from_instruct": vocab.carried, "tied": "head" not in names["I"],
+            "bytes_written": sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
+            "largest_shard_bytes": ckpts["I"].largest_shard_bytes,
+            "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
+            "peak_rss_bytes": peak_rss_bytes(),
+            **{k: round(v, 3) for k, v in timings.items()}}
+        manifest.outputs = {"model": str(out), "tables": list(tables), CHECKSUM_KEY: checksums}
+        manifest.metrics = metrics
+        manifest.write(tmp)
+    print(report(metrics))
+    return metrics
+
+
+def report(metrics: dict[str, Any]) -> str:
+    lines = [f"lingraft propagate ({metrics['method']}): {metrics['tokens']} tokens, {metrics['rows']} rows, "
+             f"tied={metrics['tied']}, {metrics['instruct_rows_copied']} special/added rows copied from the instruct model"]
+    for kind, fit in metrics["fits"].items():
+        lines.append(f"  {kind}: least-squares relative residual {fit['relative_residual']:.4g} "
+                     f"({fit['rows']} rows, rank {fit['rank']})")
+    lines.append(f"  wrote {metrics['bytes_written'] / 1e9:.2f} GB in {metrics['write_s']:.1f} s, "
+                 f"peak RSS {metrics['peak_rss_bytes'] / 2**20:.0f} MB")
+    return "\n".join(lines)

@@ -1,0 +1,266 @@
+"""`lingraft propagate` end to end on tiny Llamas: B (base), I (an instruct sibling whose tables are B's
+under a known linear map, with an extra special token and a chat template), A (B after `lingraft init`
+with a trained Russian tokenizer, then "trained" by perturbing its tables)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_checkpoint import all_tensors
+from vocabulary.token_map import TOKEN_MAP_NAME
+
+EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
+HIDDEN = 32
+CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_llama(folder: Path, tok, tied: bool, layers: int = 2, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    config = LlamaConfig(vocab_size=len(tok) + 6, hidden_size=HIDDEN, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=tied, bos_token_id=eos,
+                         eos_token_id=eos, pad_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(folder), max_shard_size="60KB")
+    tok.save_pretrained(str(folder))
+    return model
+
+
+def true_map(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.eye(HIDDEN) + 0.2 * torch.randn(HIDDEN, HIDDEN, generator=g)
+
+
+def make_instruct(base: Path, out: Path, tok, maps: dict[str, torch.Tensor], layers_noise: float = 0.01) -> Path:
+    """I: B's tables under known maps, its layers moved, plus a trained `<|eot_id|>` and a chat template."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(base))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name == EMBED:
+                param.copy_(param @ maps["input"])
+            elif name == HEAD:
+                param.copy_(param @ maps["head"])
+            else:
+                param.add_(layers_noise * torch.randn_like(param))
+    instruct_tok = type(tok).from_pretrained(str(base))
+    instruct_tok.add_tokens(["<|eot_id|>"], special_tokens=True)
+    instruct_tok.chat_template = CHAT
+    eot = instruct_tok.convert_tokens_to_ids("<|eot_id|>")
+    assert eot < model.config.vocab_size                      # fits into the padding rows
+    with torch.no_grad():
+        model.get_input_embeddings().weight[eot] = 3.0      # a recognisable "trained" row
+    model.generation_config.eos_token_id = eot
+    model.save_pretrained(str(out), max_shard_size="60KB")
+    instruct_tok.save_pretrained(str(out))
+    return out
+
+
+def make_adapted(init_out: Path, out: Path, seed: int = 5) -> Path:
+    """A: the init output with every table perturbed (as training would), re-saved like an export."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(init_out))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for table in {id(t): t for t in (model.get_input_embeddings().weight,
+                                         model.get_output_embeddings().weight)}.values():
+            table.add_(0.05 * torch.randn_like(table))
+    model.save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", TOKEN_MAP_NAME):
+        shutil.copy2(init_out / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_tok(shared):
+    from vocabulary.loading import load_tokenizer
+    tok = load_tokenizer(shared / "tokenizers" / "gpt2")
+    tok.add_tokens(["<|im_start|>"], special_tokens=True)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def new_tok_dir(shared, tmp_path_factory) -> Path:
+    from vocabulary.config import TrainTokenizerConfig
+    from vocabulary.training import run_train
+    out = tmp_path_factory.mktemp("tok") / "ru1000"
+    run_train(TrainTokenizerConfig(data=[str(shared / "ru_text" / "ruslit.jsonl.xz")], out=str(out),
+                                   vocab_size=1000, style="sentencepiece", max_chars=200_000))
+    return out
+
+
+def _family(root: Path, base_tok, new_tok_dir: Path, tied: bool):
+    from lingraft.cli import main
+    maps = {"input": true_map(1), "head": true_map(2)}
+    tiny_llama(root / "B", base_tok, tied)
+    make_instruct(root / "B", root / "I", base_tok, maps)
+    assert main(["init", "--model", str(root / "B"), "--tokenizer", str(new_tok_dir), "--out", str(root / "init")]) == 0
+    make_adapted(root / "init", root / "A")
+    return root, maps
+
+
+@pytest.fixture(scope="module")
+def untied(tmp_path_factory, base_tok, new_tok_dir):
+    return _family(tmp_path_factory.mktemp("untied"), base_tok, new_tok_dir, tied=False)
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory, base_tok, new_tok_dir):
+    return _family(tmp_path_factory.mktemp("tied"), base_tok, new_tok_dir, tied=True)
+
+
+def propagate(root: Path, method: str, out_name: str, instruct: str = "I", **flags) -> Path:
+    from lingraft.cli import main
+    out = root / out_name
+    args = ["propagate", "--base", str(root / "B"), "--adapted", str(root / "A"), "--instruct", str(root / instruct),
+            "--method", method, "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    assert main(args) == 0
+    return out
+
+
+def _ids_in(folder: Path, out: Path, ids: list[int]) -> list[int]:
+    """The ids, in `folder`'s tokenizer, of the tokens `ids` name in `out`'s."""
+    from transformers import AutoTokenizer
+    tokens = AutoTokenizer.from_pretrained(str(out)).convert_ids_to_tokens(ids)
+    return AutoTokenizer.from_pretrained(str(folder)).convert_tokens_to_ids(tokens)
+
+
+def _special_ids(out: Path) -> list[int]:
+    from transformers import AutoTokenizer
+    return sorted(AutoTokenizer.from_pretrained(str(out)).added_tokens_decoder)
+
+
+@pytest.fixture(scope="module")
+def converted(untied) -> Path:
+    return propagate(untied[0], "conversion", "conv")
+
+
+def test_conversion_applies_the_instruct_map_and_keeps_instruct(untied, converted):
+    root, maps = untied
+    out = converted
+    a, i, o = all_tensors(root / "A"), all_tensors(root / "I"), all_tensors(out)
+    special = _special_ids(out)
+    ordinary = torch.ones(o[EMBED].shape[0], dtype=torch.bool)
+    ordinary[special] = False
+    for name, kind in ((EMBED, "input"), (HEAD, "head")):
+        expected = (a[name].double() @ maps[kind].double()).float()
+        assert torch.allclose(o[name][ordinary], expected[ordinary], atol=2e-4), name
+    # Every other tensor is I's, bit for bit.
+    assert set(o) == set(i)
+    assert all(torch.equal(o[k], v) for k, v in i.items() if k not in (EMBED, HEAD))
+    manifest = json.loads((out / "manifest.json").read_text())
+    fits = manifest["metrics"]["fits"]
+    assert set(fits) == {"input", "head"} and max(f["relative_residual"] for f in fits.values()) < 1e-5
+    assert manifest["metrics"]["fit_rows_from"].endswith(TOKEN_MAP_NAME)
+    assert all(manifest["inputs"][m]["sha256"] for m in ("base", "adapted", "instruct"))
+
+
+def test_output_keeps_instruct_special_tokens_and_generates(untied, converted):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    root, _ = untied
+    out = converted
+    tok = AutoTokenizer.from_pretrained(str(out))
+    instruct_tok = AutoTokenizer.from_pretrained(str(root / "I"))
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    # Special rows are I's, not propagated ones.
+    tables, instruct = all_tensors(out), all_tensors(root / "I")
+    from_instruct = [t.content for t in instruct_tok.added_tokens_decoder.values()]
+    special = tok.convert_tokens_to_ids(from_instruct)
+    assert eot in special and len(special) == 3          # <|endoftext|>, <|im_start|>, <|eot_id|>
+    for name in (EMBED, HEAD):
+        assert torch.equal(tables[name][special], instruct[name][_ids_in(root / "I", out, special)])
+    config = json.loads((out / "config.json").read_text())
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == eot and config["vocab_size"] == tables[EMBED].shape[0]
+    assert tok.chat_template == CHAT
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    ids = tok.apply_chat_template([{"role": "user", "content": "Привет, как дела?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    assert ids[0].tolist().count(eot) == 1                     # the template's token is one id
+    # Russian text takes far fewer tokens than in I's GPT-2 vocabulary.
+    text = "Привет, как дела? Сегодня хорошая погода."
+    assert len(tok(text)["input_ids"]) < len(instruct_tok(text)["input_ids"]) / 2
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids.shape[1]
+
+
+def test_swap_puts_the_adapted_tables_in_unchanged(untied):
+    root, _ = untied
+    out = propagate(root, "swap", "swap")
+    a, o = all_tensors(root / "A"), all_tensors(out)
+    ordinary = torch.ones(o[EMBED].shape[0], dtype=torch.bool)
+    ordinary[_special_ids(out)] = False
+    for name in (EMBED, HEAD):
+        assert torch.equal(o[name][ordinary], a[name][ordinary])
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["fits"] == {}
+
+
+def test_overlap_fits_on_shared_tokens(untied):
+    root, maps = untied
+    out = propagate(root, "overlap", "overlap")
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert metrics["fit_rows_from"].endswith("shared tokens") and metrics["fits"]["input"]["rows"] > HIDDEN
+    a, o = all_tensors(root / "A"), all_tensors(out)
+    expected = (a[EMBED].double() @ maps["input"].double()).float()
+    assert torch.allclose(o[EMBED][:100], expected[:100], atol=2e-4)
+
+
+def test_rebuilt_token_map_matches_the_stored_one(untied, converted, tmp_path):
+    root, _ = untied
+    stored = converted
+    (root / "A" / TOKEN_MAP_NAME).rename(tmp_path / TOKEN_MAP_NAME)
+    try:
+        rebuilt = propagate(root, "conversion", "conv_rebuilt")
+        explicit = propagate(root, "conversion", "conv_explicit", token_map=tmp_path / TOKEN_MAP_NAME)
+    finally:
+        (tmp_path / TOKEN_MAP_NAME).rename(root / "A" / TOKEN_MAP_NAME)
+    assert json.loads((rebuilt / "manifest.json").read_text())["metrics"]["fit_rows_from"].startswith("rebuilt")
+    for folder in (rebuilt, explicit):
+        assert torch.allclose(all_tensors(folder)[EMBED], all_tensors(stored)[EMBED], atol=1e-6)
+
+
+def test_identical_base_and_instruct_give_the_adapted_tables(untied):
+    root, _ = untied
+    out = propagate(root, "conversion", "same", instruct="B")
+    a, b, o = all_tensors(root / "A"), all_tensors(root / "B"), all_tensors(out)
+    from transformers import AutoTokenizer
+    base_tok = AutoTokenizer.from_pretrained(str(root / "B"))   # B's own added tokens: rows from "I" = B
+    in_base = sorted(base_tok.added_tokens_decoder)
+    special = AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids(base_tok.convert_ids_to_tokens(in_base))
+    ordinary = torch.ones(o[EMBED].shape[0], dtype=torch.bool)
+    ordinary[special] = False
+    for name in (EMBED, HEAD):
+        assert torch.allclose(o[name][ordinary], a[name][ordinary], atol=1e-5)
+        assert torch.equal(o[name][special], b[name][in_base])
+
+
+def test_tied_model_fits_only_the_input_table(tied):
+    from transformers import AutoModelForCausalLM
+    root, maps = tied
+    out = propagate(root, "conversion", "conv")
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert set(metrics["fits"]) == {"input"} and metrics["tied"]
+    o, a = all_tensors(out), all_tensors(root / "A")
+    assert HEAD not in o
+    expected = (a[EMBED].double() @ maps["input"].double()).float()
+    assert torch.allclose(o[EMBED][:500], expected[:500], atol=2e-4)
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_incompatible_models_write_nothing(untied, tied, run_cli):
+    root, _ = untied
+    code, _, err = run_cli("propagate", "--base", root / "B", "--adapted", root / "A", "--instruct", tied[0] / "I",
+                           "--method", "swap", "--out", root / "never")
+    assert code == 1 and "tied embeddings: base False vs instruct True" in err
+    assert not (root / "never").exists()
+    code, _, err = run_cli("propagate", "--base", root / "B", "--adapted", root / "A", "--instruct", root / "I",
+                           "--method", "swap", "--token-map", "x", "--out", root / "never")
+    assert code == 2 and "token_map" in err

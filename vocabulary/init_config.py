@@ -1,0 +1,68 @@
+"""Config of `lingraft init` (light: no torch/transformers import, so `lingraft --help` stays fast)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lingraft.config import require
+from vocabulary.translation_resources import TranslationResourceConfig, parse_resource_spec
+
+InitMethod = Literal["mean", "weighted-mean", "transtokenize", "random"]
+
+
+@dataclass
+class InitConfig:
+    """Swap a model's vocabulary for a new tokenizer's and initialise the new embedding rows."""
+    model: str = field(default="", metadata={"help": "HF model folder, hub id, or .gguf file"})
+    tokenizer: str = field(default="", metadata={"help": "the new tokenizer (any spec load_tokenizer accepts)"})
+    out: str = field(default="", metadata={"help": "output folder: a HF model folder + token_map + manifest"})
+    method: InitMethod = field(default="mean", metadata={"help": "how new rows are initialised"})
+    old_tokenizer: str | None = field(default=None, metadata={
+        "help": "the model's own tokenizer, when the model folder does not hold it"})
+    pad_to_multiple: int = field(default=64, metadata={"help": "pad the vocabulary to a multiple of this (1: none)"})
+    max_shard_gb: float = field(default=5.0, metadata={"help": "largest output shard in GB"})
+    position_decay: float = field(default=0.8, metadata={
+        "help": "weighted-mean: weight of the k-th old piece is position_decay**k"})
+    whitespace_weight: float = field(default=0.1, metadata={
+        "help": "weighted-mean: weight factor of a whitespace-only old piece"})
+    seed: int = field(default=0, metadata={"help": "random: sampling seed"})
+    translation_resource: list[str | TranslationResourceConfig] = field(default_factory=list, metadata={
+        "help": "transtokenize: PATH[,key=value...] of a parallel or dictionary JSONL, e.g. "
+                "pairs.jsonl or dict.jsonl.xz,kind=dictionary,max_glosses=2"})
+    old_language: str = field(default="", metadata={
+        "help": "transtokenize: the resources' field in the old model's language (default old_field)"})
+    new_language: str = field(default="", metadata={
+        "help": "transtokenize: the resources' field in the new tokenizer's language (default new_field)"})
+    transtokenize_top_k: int = field(default=16, metadata={"help": "transtokenize: old tokens kept per row"})
+    transtokenize_min_prob: float = field(default=0.02, metadata={
+        "help": "transtokenize: drop translation probabilities below this"})
+    eval_text: str | None = field(default=None, metadata={
+        "help": "held-out text file: report bits per character of the original and the new model"})
+    eval_text_field: str = field(default="text", metadata={"help": "JSON field of eval_text holding the text"})
+    eval_max_docs: int = field(default=300, metadata={"help": "score at most this many documents of eval_text"})
+    eval_max_length: int = field(default=1024, metadata={"help": "tokens per scoring window"})
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.model), "model", "a model folder, hub id or .gguf file is required")
+        require(bool(self.tokenizer), "tokenizer", "the new tokenizer is required")
+        require(bool(self.out), "out", "an output folder is required")
+        require(self.pad_to_multiple >= 1, "pad_to_multiple", f"must be >= 1, got {self.pad_to_multiple}")
+        require(self.max_shard_gb > 0, "max_shard_gb", f"must be > 0, got {self.max_shard_gb}")
+        require(0 < self.position_decay <= 1, "position_decay", f"must be in (0, 1], got {self.position_decay}")
+        require(0 <= self.whitespace_weight <= 1, "whitespace_weight",
+                f"must be in [0, 1], got {self.whitespace_weight}")
+        require(self.method == "transtokenize" or not self.translation_resource, "translation_resource",
+                f"only used by --method transtokenize, not {self.method!r}")
+        require(self.method != "transtokenize" or bool(self.translation_resource), "translation_resource",
+                "--method transtokenize needs at least one translation resource")
+        # A command-line spec string becomes a full resource config; the language fields default
+        # to old_language / new_language so they need not be repeated per resource.
+        self.translation_resource = [
+            parse_resource_spec(r, self.old_language, self.new_language) if isinstance(r, str) else r
+            for r in self.translation_resource]
+        require(self.transtokenize_top_k >= 1, "transtokenize_top_k", f"must be >= 1, got {self.transtokenize_top_k}")
+        require(0 <= self.transtokenize_min_prob < 1, "transtokenize_min_prob",
+                f"must be in [0, 1), got {self.transtokenize_min_prob}")
+        require(self.eval_max_docs >= 1, "eval_max_docs", f"must be >= 1, got {self.eval_max_docs}")
+        require(self.eval_max_length >= 1, "eval_max_length", f"must be >= 1, got {self.eval_max_length}")

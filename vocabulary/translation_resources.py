@@ -1,0 +1,204 @@
+"""Translation resources for trans-tokenization: readers, validation and word splitting.
+
+Two kinds of resource count as evidence of which old-language word translates which
+new-language word:
+
+  * ``parallel``: sentence-aligned text, one JSON object per line with one field per
+    language (``{"en": "...", "ru": "..."}``). Its words are aligned by `vocabulary.alignment`.
+  * ``dictionary``: headword -> glosses, one JSON object per line whose new-language field
+    is a list of glosses (``{"en": "cat", "ru": ["кошка", "кот"]}``). Each (headword, gloss)
+    is taken as already aligned; only the first `max_glosses` glosses are read, as dictionaries
+    list the common senses first.
+
+Field names say which side is the old model's language and which the new tokenizer's; no
+language is assumed. Format problems raise one-line `LingraftError`s naming file and line;
+records that are well-formed but unusable (an empty side, a headword without glosses) are
+counted in a `DropLog`, never dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from data_prep.readers import open_binary
+from data_prep.records import DropLog
+from lingraft.config import build_config, require
+from lingraft.errors import LingraftError
+
+ResourceKind = Literal["auto", "parallel", "dictionary"]
+
+# A word is a run of letters/digits, possibly joined by inner hyphens or apostrophes
+# ("well-known", "don't"); any other non-space character is a one-character token.
+_WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")
+
+# gettext catalogs: printf conversions (%s, %1$d, %.*s, %lu; binutils' %pB, %P), python %(name)s and {0}/{name}
+# placeholders, escaped control characters, and mnemonic accelerators (_File, &File).
+_PLACEHOLDER = re.compile(
+    r"%(?:\(\w+\))?(?:\d+\$)?[-+#0']*(?:\*|\d+)?(?:\.(?:\*|\d+))?(?:hh|h|ll|l|L|q|j|z|t)?"
+    r"(?:p[A-Za-z]|[A-Za-z%])"
+    r"|\{\w*\}|\\[ntr]")
+_ACCELERATOR = re.compile(r"(?<!\w)[_&](?=\w)")
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class TranslationResourceConfig:
+    """One translation resource: a JSONL(.gz/.xz/.zst) file of parallel sentences or dictionary entries."""
+    path: str
+    old_field: str = field(default="", metadata={"help": "field in the old model's language (e.g. en)"})
+    new_field: str = field(default="", metadata={"help": "field in the new tokenizer's language"})
+    kind: ResourceKind = field(default="auto", metadata={
+        "help": "parallel | dictionary; auto: a list in new_field means dictionary"})
+    max_pairs: int | None = field(default=None, metadata={
+        "help": "read a seeded random sample of this many records (default: all)"})
+    max_glosses: int = field(default=3, metadata={"help": "dictionary: glosses read per headword"})
+    max_phrase_words: int = field(default=3, metadata={
+        "help": "dictionary: skip entries with more words on a side (explanations, not translations)"})
+    markup: Literal["none", "gettext"] = field(default="none", metadata={
+        "help": "gettext: strip placeholders (%s, {0}), escapes (\\n) and accelerators (_File, &File)"})
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        require(bool(self.path), "path", "a translation resource file is required")
+        require(bool(self.old_field), "old_field", "name the field in the old model's language")
+        require(bool(self.new_field), "new_field", "name the field in the new tokenizer's language")
+        require(self.old_field != self.new_field, "new_field", f"must differ from old_field ({self.old_field!r})")
+        require(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", f"must be >= 1, got {self.max_pairs}")
+        require(self.max_glosses >= 1, "max_glosses", f"must be >= 1, got {self.max_glosses}")
+        require(self.max_phrase_words >= 1, "max_phrase_words", f"must be >= 1, got {self.max_phrase_words}")
+        if not self.name:
+            self.name = Path(self.path).name.split(".")[0]
+
+
+def parse_resource_spec(spec: str, old_field: str = "", new_field: str = "") -> TranslationResourceConfig:
+    """A command-line resource: ``PATH[,key=value...]``, e.g.
+    ``dict.jsonl.xz,kind=dictionary,max_glosses=2`` or ``ui.jsonl,markup=gettext,old_field=en``.
+
+    `old_field`/`new_field` are defaults (the stage's language codes) that the spec may override.
+    """
+    path, *options = [part.strip() for part in spec.split(",")]
+    dotted = [f"path={json.dumps(path)}"]
+    dotted += [f"{key}={value}" for key, value in (("old_field", old_field), ("new_field", new_field)) if value]
+    for option in options:
+        if "=" not in option:
+            raise LingraftError(f"{spec}: resource option {option!r} must look like key=value")
+        dotted.append(option)
+    return build_config(TranslationResourceConfig, dotted=dotted)
+
+
+@dataclass
+class ResourcePairs:
+    """What a resource holds: (old-language text, new-language text) pairs, in file order."""
+    config: TranslationResourceConfig
+    kind: Literal["parallel", "dictionary"]
+    old_texts: list[str]
+    new_texts: list[str]
+    records: int           # JSON records in the file (before sampling)
+    drops: DropLog
+
+    def __len__(self) -> int:
+        return len(self.old_texts)
+
+
+def split_words(text: str) -> list[str]:
+    """Words and punctuation marks of `text`, in order (the unit that word alignment works on)."""
+    return _WORD.findall(text)
+
+
+def is_word(token: str) -> bool:
+    return token[:1].isalnum() or token[:1] == "_"
+
+
+def strip_gettext(text: str) -> str:
+    """A UI message without the parts that are code, not language."""
+    return _SPACES.sub(" ", _ACCELERATOR.sub("", _PLACEHOLDER.sub(" ", text))).strip()
+
+
+def read_resource(cfg: TranslationResourceConfig, seed: int = 0) -> ResourcePairs:
+    """Read and validate one resource; raise LingraftError naming file and line on a format error."""
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise LingraftError(f"{path}: translation resource not found")
+    kind = None if cfg.kind == "auto" else cfg.kind
+    records: list[tuple[int, str, str | list[str]]] = []   # (line number, old value, new value)
+    try:
+        with open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                old, new = _parse_line(raw, path, lineno, cfg)
+                kind = kind or ("dictionary" if isinstance(new, list) else "parallel")
+                _check_types(old, new, kind, path, lineno, cfg)
+                records.append((lineno, old, new))
+    except (OSError, EOFError, lzma.LZMAError) as exc:  # unreadable, truncated or corrupt compressed files
+        raise LingraftError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not records:
+        raise LingraftError(f"{path}: no records (an empty translation resource)")
+    total = len(records)
+    if cfg.max_pairs is not None and cfg.max_pairs < total:
+        # A seeded sample rather than the first N: resource files are often sorted (by headword,
+        # by package), and the head of a sorted file is a biased slice of the vocabulary.
+        records = sorted(random.Random(seed).sample(records, cfg.max_pairs))
+    pairs = ResourcePairs(config=cfg, kind=kind, old_texts=[], new_texts=[], records=total,
+                          drops=DropLog())
+    for lineno, old, new in records:
+        _add_record(pairs, f"{path}:{lineno}", old, new)
+    if not pairs.old_texts:
+        raise LingraftError(f"{path}: none of its {total} records has text on both sides "
+                            f"({', '.join(f'{k}: {n}' for k, n in sorted(pairs.drops.counts.items()))})")
+    return pairs
+
+
+def _parse_line(raw: bytes, path: Path, lineno: int, cfg: TranslationResourceConfig):
+    where = f"{path}:{lineno}"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise LingraftError(f"{where}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise LingraftError(f"{where}: not JSONL ({exc.msg}); each line must be a JSON object") from None
+    if not isinstance(record, dict):
+        raise LingraftError(f"{where}: not JSONL; each line must be a JSON object, got {type(record).__name__}")
+    for name in (cfg.old_field, cfg.new_field):
+        if name not in record:
+            raise LingraftError(f"{where}: missing field {name!r} (the record has: {', '.join(map(str, record))})")
+    return record[cfg.old_field], record[cfg.new_field]
+
+
+def _check_types(old, new, kind: str, path: Path, lineno: int, cfg: TranslationResourceConfig) -> None:
+    where = f"{path}:{lineno}"
+    if not isinstance(old, str):
+        raise LingraftError(f"{where}: field {cfg.old_field!r} must be a string, got {type(old).__name__}")
+    if kind == "parallel" and not isinstance(new, str):
+        raise LingraftError(f"{where}: field {cfg.new_field!r} must be a string in a parallel resource, "
+                            f"got {type(new).__name__} (set kind=dictionary for gloss lists)")
+    if kind == "dictionary" and not (isinstance(new, str) or
+                                     (isinstance(new, list) and all(isinstance(g, str) for g in new))):
+        raise LingraftError(f"{where}: field {cfg.new_field!r} must be a gloss or a list of glosses "
+                            f"in a dictionary, got {type(new).__name__}")
+
+
+def _add_record(pairs: ResourcePairs, where: str, old: str, new: str | list[str]) -> None:
+    clean = strip_gettext if pairs.config.markup == "gettext" else str.strip
+    old = clean(old)
+    if pairs.kind == "parallel":
+        new = clean(new)
+        if not old or not new:
+            pairs.drops.drop("empty_side", where, f"{old!r} / {new!r}")
+            return
+        pairs.old_texts.append(old)
+        pairs.new_texts.append(new)
+        return
+    glosses = [clean(g) for g in ([new] if isinstance(new, str) else new)]
+    glosses = [g for g in glosses if g][: pairs.config.max_glosses]
+    if not old or not glosses:
+        pairs.drops.drop("empty_headword" if not old else "no_gloss", where, old)
+        return
+    for gloss in glosses:
+        pairs.old_texts.append(old)
+        pairs.new_texts.append(gloss)
