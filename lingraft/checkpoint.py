@@ -15,15 +15,13 @@ import math
 import os
 import re
 import struct
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable
 
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
-from lingraft.log import get_logger, progress
+from lingraft.log import get_logger
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +32,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CHECKSUM_KEY = "shard_sha256"      # in the index's "metadata", and in a lingraft manifest's "outputs"
 _MAX_HEADER = 100 << 20            # the safetensors library's own limit
-_COPY_CHUNK = 16 << 20
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
              "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -165,8 +162,8 @@ def _shard_tensors(shard: Path) -> list[TensorInfo]:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise LingraftError(f"{shard}: corrupt shard (bad header entry for {name})") from None
-        expected = _ITEMSIZE.get(dtype, 0) * math.prod(shape)
-        if dtype not in _ITEMSIZE or end - begin != expected or begin < 0 or end > data_size:
+        expected = ITEMSIZE.get(dtype, 0) * math.prod(shape)
+        if dtype not in ITEMSIZE or end - begin != expected or begin < 0 or end > data_size:
             raise LingraftError(f"{shard}: corrupt shard ({name}: offsets {begin}..{end} do not fit "
                                 f"{dtype}{list(shape)} in {data_size} data bytes)")
         end_max = max(end_max, end)
@@ -293,138 +290,3 @@ def read_tensors(ckpt: Checkpoint, names: Iterable[str]) -> dict[str, "torch.Ten
         with safe_open(str(ckpt.tensors[name].shard), framework="pt") as fh:
             out[name] = fh.get_tensor(name)
     return out
-
-
-# -- writing -------------------------------------------------------------------------------------
-def _dtype_code(tensor: "torch.Tensor") -> str:
-    code = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(str(tensor.dtype)[6:])
-    if code is None:
-        raise LingraftError(f"embedding tables must be floating point, got {tensor.dtype}")
-    return code
-
-
-def _plan_shards(entries: list[tuple[str, int]], max_shard_bytes: int) -> list[list[str]]:
-    """Cut tensors, in order, into shards of at most `max_shard_bytes` (a bigger tensor gets its own)."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, nbytes in entries:
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
-def _copy_range(src: BinaryIO, offset: int, nbytes: int, dst: BinaryIO, bar: Any) -> None:
-    """Copy `nbytes` at `offset` of `src` to the end of `dst` (unbuffered).
-
-    copy_file_range keeps the bytes in the kernel (no trip through Python), which is what makes
-    the writer run near `cp` speed; filesystem pairs that do not support it fall back to
-    read/write.
-    """
-    while nbytes:
-        try:
-            moved = os.copy_file_range(src.fileno(), dst.fileno(), min(nbytes, 1 << 30), offset)
-        except OSError:      # EXDEV on old kernels, EOPNOTSUPP/EINVAL on some filesystems
-            moved = _read_write(src, offset, min(nbytes, _COPY_CHUNK), dst)
-        if moved == 0:
-            raise LingraftError(f"{src.name}: shard ended early while copying (truncated during the run?)")
-        offset += moved
-        nbytes -= moved
-        bar.update(moved)
-
-
-def _read_write(src: BinaryIO, offset: int, nbytes: int, dst: BinaryIO) -> int:
-    src.seek(offset)
-    chunk = src.read(nbytes)
-    _write_all(dst, chunk)
-    return len(chunk)
-
-
-def _write_all(dst: BinaryIO, data: Any) -> None:
-    """An unbuffered write may be short; loop until every byte is out."""
-    view = memoryview(data).cast("B")
-    while view.nbytes:
-        view = view[dst.write(view):]
-
-
-def write_checkpoint(ckpt: Checkpoint, out_dir: Path, replace: Mapping[str, "torch.Tensor"],
-                     max_shard_bytes: int = 5 << 30, extra: Mapping[str, "torch.Tensor"] | None = None,
-                     drop: Iterable[str] = ()) -> dict[str, str]:
-    """Write `ckpt`'s tensors into `out_dir` (an atomic temp folder), with `replace` substituted,
-    the tensors named in `drop` left out and `extra` (new names) appended at the end.
-
-    Returns {shard file name: sha256}. Tensors keep their source order and dtype. Memory use
-    is the replaced tables plus one copy buffer, whatever the shard sizes.
-    """
-    import torch
-    extra, drop = dict(extra or {}), set(drop)
-    unknown = sorted((set(replace) | drop) - set(ckpt.tensors))
-    if unknown:
-        raise LingraftError(f"cannot replace or drop {unknown[0]}: not in the checkpoint")
-    clash = sorted(set(extra) & set(ckpt.tensors))
-    if clash:
-        raise LingraftError(f"cannot add {clash[0]}: the checkpoint already has it (replace it instead)")
-    # name -> (dtype code, shape, nbytes, the bytes of a replaced table or None for a copied tensor)
-    layout: dict[str, tuple[str, list[int], int, Any]] = {}
-    new_tensors = {**replace, **extra}
-    for name in [*(n for n in ckpt.tensors if n not in drop), *extra]:
-        if name in new_tensors:
-            table = new_tensors[name].contiguous()
-            data = table.view(-1).view(torch.uint8).numpy()    # zero-copy view of the raw bytes
-            layout[name] = (_dtype_code(table), list(table.shape), data.nbytes, data)
-        else:
-            info = ckpt.tensors[name]
-            layout[name] = (info.dtype, list(info.shape), info.nbytes, None)
-    plan = _plan_shards([(name, entry[2]) for name, entry in layout.items()], max_shard_bytes)
-    names = [SINGLE_FILE] if len(plan) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
-    total = sum(entry[2] for entry in layout.values())
-    sources: dict[Path, BinaryIO] = {}
-    start = time.perf_counter()
-    # Each finished shard is hashed (from the page cache) on another core while the next one is
-    # written: sha256 runs at well under copy speed, so hashing inline would halve throughput.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as hashers:
-        pending = {}
-        try:
-            with progress(total=total, unit="B", unit_scale=True, desc="writing shards") as bar:
-                for shard_name, members in zip(names, plan):
-                    _write_shard(out_dir / shard_name, members, layout, ckpt, sources, bar)
-                    pending[shard_name] = hashers.submit(sha256_file, out_dir / shard_name)
-        finally:
-            for fh in sources.values():
-                fh.close()
-        checksums = {shard_name: future.result() for shard_name, future in pending.items()}
-    seconds = time.perf_counter() - start
-    log.info("wrote %d shard(s), %.2f GB in %.1f s (%.0f MB/s)", len(plan), total / 1e9, seconds,
-             total / 1e6 / max(seconds, 1e-9))
-    if len(plan) > 1:
-        weight_map = {name: shard_name for shard_name, members in zip(names, plan) for name in members}
-        index = {"metadata": {"total_size": total, CHECKSUM_KEY: checksums}, "weight_map": weight_map}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return checksums
-
-
-def _write_shard(path: Path, members: list[str], layout: Mapping[str, tuple[str, list[int], int, Any]],
-                 ckpt: Checkpoint, sources: dict[Path, BinaryIO], bar: Any) -> None:
-    """One safetensors file: header, then each tensor's bytes (copied or from a table)."""
-    header, offset = {}, 0
-    for name in members:
-        code, shape, nbytes, _ = layout[name]
-        header[name] = {"dtype": code, "shape": shape, "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    raw = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)   # keep tensor data 8-byte aligned, as the library does
-    with open(path, "wb", buffering=0) as dst:     # unbuffered: copy_file_range writes at the fd's position
-        _write_all(dst, struct.pack("<Q", len(raw)) + raw)
-        for name in members:
-            data = layout[name][3]
-            if data is not None:
-                _write_all(dst, data)
-                bar.update(data.nbytes)
-                continue
-            info = ckpt.tensors[name]
-            if info.shard not in sources:
-                sources[info.shard] = open(info.shard, "rb", buffering=0)
-            _copy_range(sources[info.shard], info.offset, info.nbytes, dst, bar)

@@ -146,17 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2): return the code instead of exiting
         return exc.code if isinstance(exc.code, int) else 2
     cmd: Command = args._command
+    return run_command(cmd, args, f"lingraft {' '.join(cmd.path)}")
+
+
+def run_command(cmd: Command, args: argparse.Namespace, prog: str,
+                runner: Callable[[Any], Any] | None = None) -> int:
+    """Validate the config, then run; expected failures become one line and an exit status."""
     try:
         cfg = config_from_args(cmd, args)
     except ConfigError as exc:
-        print(f"lingraft {' '.join(cmd.path)}: config error: {exc}", file=sys.stderr)
+        print(f"{prog}: config error: {exc}", file=sys.stderr)
         return 2
     from lingraft.log import setup_logging
     setup_logging()
     try:
-        resolve_runner(cmd.runner)(cfg)
+        (runner or resolve_runner(cmd.runner))(cfg)
     except (ConfigError, LingraftError) as exc:
-        print(f"lingraft {' '.join(cmd.path)}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -14,7 +14,8 @@ import torch
 
 from lingraft.atomic import atomic_dir, write_json
 from lingraft.checkpoint import (CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors,
-                                 resolve_model, write_checkpoint)
+                                 resolve_model)
+from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest

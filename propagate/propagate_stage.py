@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from lingraft.atomic import atomic_dir, write_json
+from lingraft.atomic import atomic_dir
 from lingraft.checkpoint import CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors, \
-    resolve_model, write_checkpoint
+    resolve_model
+from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
@@ -27,7 +28,7 @@ from propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_
 from propagate.vocabularies import OutputVocabulary, check_siblings, output_vocabulary, resolve_token_map, \
     shared_tokens
 from vocabulary.embedding_init import padded_size
-from vocabulary.init_stage import remap_token_ids
+from vocabulary.init_stage import write_config_files
 from vocabulary.loading import load_tokenizer
 from vocabulary.token_map import TokenMap
 
@@ -69,18 +70,6 @@ def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: 
                      fit.relative_residual, fit.rows, fit.rank)
         del read
     return out_tables, fits
-
-
-def write_config_files(ckpt_i: Checkpoint, tmp: Path, rows: int, i_tok: Any, out_tok: Any) -> None:
-    """I's config and generation config with the vocabulary size and token ids of the output."""
-    import json
-    config = remap_token_ids(ckpt_i.config, i_tok, out_tok, str(ckpt_i.folder / "config.json"))
-    config["vocab_size"] = rows
-    write_json(tmp / "config.json", config)
-    generation_path = ckpt_i.folder / "generation_config.json"
-    if generation_path.is_file():
-        generation = json.loads(generation_path.read_text(encoding="utf-8"))
-        write_json(tmp / "generation_config.json", remap_token_ids(generation, i_tok, out_tok, str(generation_path)))
 
 
 def peak_rss_bytes() -> int:

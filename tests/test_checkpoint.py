@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lingraft.checkpoint import (INDEX_FILE, SINGLE_FILE, embedding_names, open_checkpoint, read_tensors,
-                                 resolve_model, write_checkpoint)
+                                 resolve_model)
+from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 
 

@@ -19,7 +19,8 @@ import torch
 
 from lingraft.atomic import atomic_dir, write_json
 from lingraft.checkpoint import (CHECKSUM_KEY, Checkpoint, EmbeddingNames, embedding_names, open_checkpoint,
-                                 read_tensors, resolve_model, write_checkpoint)
+                                 read_tensors, resolve_model)
+from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
@@ -103,9 +104,12 @@ def remap_token_ids(config: dict[str, Any], old_tok: "PreTrainedTokenizerFast",
     return out
 
 
-def write_model_files(ckpt: Checkpoint, tmp: Path, new: NewTables, rows: int, old_tok: "PreTrainedTokenizerFast",
-                      new_tok: "PreTrainedTokenizerFast", max_shard_bytes: int) -> dict[str, str]:
-    checksums = write_checkpoint(ckpt, tmp, new.tables, max_shard_bytes)
+def write_config_files(ckpt: Checkpoint, tmp: Path, rows: int, old_tok: "PreTrainedTokenizerFast",
+                       new_tok: "PreTrainedTokenizerFast") -> None:
+    """The source's config and generation config, with the new vocabulary size and token ids.
+
+    Shared by `init` and `propagate`: both give a checkpoint a vocabulary it did not have.
+    """
     config = remap_token_ids(ckpt.config, old_tok, new_tok, str(ckpt.folder / "config.json"))
     config["vocab_size"] = rows
     write_json(tmp / "config.json", config)
@@ -116,6 +120,12 @@ def write_model_files(ckpt: Checkpoint, tmp: Path, new: NewTables, rows: int, ol
     else:   # a chat model needs generation defaults that stop at the right EOS
         generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     write_json(tmp / "generation_config.json", generation)
+
+
+def write_model_files(ckpt: Checkpoint, tmp: Path, new: NewTables, rows: int, old_tok: "PreTrainedTokenizerFast",
+                      new_tok: "PreTrainedTokenizerFast", max_shard_bytes: int) -> dict[str, str]:
+    checksums = write_checkpoint(ckpt, tmp, new.tables, max_shard_bytes)
+    write_config_files(ckpt, tmp, rows, old_tok, new_tok)
     new_tok.save_pretrained(str(tmp))
     if new.token_map is not None:
         new.token_map.save(tmp / TOKEN_MAP_NAME)
