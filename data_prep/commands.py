@@ -1,4 +1,18 @@
 """CLI commands of the data-prep stage (registered by lingraft.cli)."""
 from __future__ import annotations
 
+from data_prep.clean_config import CleanStageConfig
+from data_prep.pack_config import PackConfig
+from lingraft.cli import Command
+
 COMMANDS: list = []
+
+COMMANDS.append(Command(
+    path=("prep", "pack"), config_cls=PackConfig, runner="data_prep.pack:run_pack",
+    help="tokenize cleaned text into packed, indexed token shards (uint16/uint32 + sample index)",
+    aliases={"--in": "input", "--source": "sources"}))
+
+COMMANDS.append(Command(
+    path=("prep", "clean"), config_cls=CleanStageConfig, runner="data_prep.clean_stage:run_clean",
+    help="clean, deduplicate and mix text sources (by characters) into JSONL parts",
+    aliases={"--source": "sources"}))

@@ -1,0 +1,42 @@
+"""Configuration of `lingraft prep pack` (light: no numpy/tokenizers imports, keeps --help fast)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from data_prep.clean_config import CleanConfig, MixConfig
+from data_prep.readers import SourceConfig
+from lingraft.config import require
+
+SampleStart = Literal["stream", "document", "paragraph"]
+
+
+@dataclass
+class PackConfig:
+    """Tokenize cleaned text into memory-mappable token shards with a sample index."""
+
+    out: Path = field(metadata={"help": "output folder of packed shards"})
+    tokenizer: str = field(metadata={"help": "HF folder, tokenizer.json(.xz), SentencePiece .model or GPT-2 files"})
+    input: Path | None = field(default=None, metadata={"help": "a `prep clean` output folder (part_*.jsonl + manifest)"})
+    # Instead of `input`: sources to run `prep clean` on first (into <out>/clean), then pack.
+    sources: list[SourceConfig] = field(default_factory=list, metadata={
+        "help": "clean these sources first (instead of --input); see `prep clean`"})
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    seq_len: int = field(default=2048, metadata={"help": "tokens per training sample (each stores seq_len + 1)"})
+    sample_start: SampleStart = field(default="stream", metadata={
+        "help": "stream: cut at stride seq_len; document/paragraph: samples start at such boundaries"})
+    bos: bool = field(default=False, metadata={"help": "prepend the BOS token to every document"})
+    eos: bool = field(default=True, metadata={"help": "append the EOS token to every document"})
+    bos_token: str | None = field(default=None, metadata={"help": "BOS token text when the tokenizer names none"})
+    eos_token: str | None = field(default=None, metadata={"help": "EOS token text when the tokenizer names none"})
+    workers: int = field(default=1, metadata={"help": "tokenizer processes on this node (one part each at a time)"})
+    batch_chars: int = field(default=4_000_000, metadata={"help": "characters of text per encode_batch call"})
+
+    def __post_init__(self) -> None:
+        require(self.seq_len >= 1, "seq_len", f"must be >= 1, got {self.seq_len}")
+        require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        require(self.batch_chars >= 1, "batch_chars", f"must be >= 1, got {self.batch_chars}")
+        require((self.input is None) != (not self.sources), "input",
+                "set either input (a `prep clean` folder) or sources (cleaned first), not both")
