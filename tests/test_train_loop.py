@@ -13,43 +13,37 @@ import torch
 
 from lingraft.errors import LingraftError
 from tests.conftest import REPO
-from tests.train_tiny import in_memory_source, make_tiny_llama, tiny_config
+from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
 from train.checkpointing import latest_checkpoint
 from train.loop import train
 from train.metrics_log import read_metrics
 
 
-def _losses(out_dir):
-    return [(r["step"], r["loss"]) for r in read_metrics(out_dir)]
-
-
-def _spawn(model, out_dir, **overrides):
-    env = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "tests.train_tiny", str(model), str(out_dir), json.dumps(overrides)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     model = make_tiny_llama(tmp_path / "m")
-    overrides = {"max_steps": 12, "checkpoint.every_steps": 4, "trainable": "new_rows", "new_token_ids": "60:96"}
-    victim = _spawn(model, tmp_path / "run", **overrides)
-    deadline = time.time() + 120
-    while time.time() < deadline and max((s for s, _ in _losses(tmp_path / "run")), default=0) < 6:
-        assert victim.poll() is None, victim.stderr.read().decode()[-2000:]
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = max(s for s, _ in _losses(tmp_path / "run"))
-    assert 6 <= killed_at < 12, "the run must be killed mid-way"
+    overrides = {"max_steps": 6, "checkpoint.every_steps": 2, "trainable": "new_rows", "new_token_ids": "60:96"}
+    # 4 samples per step: the victim completes step 5 (checkpoint at 4), then blocks inside step 6.
+    env = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
+    victim = subprocess.Popen([sys.executable, "-m", "tests.train_tiny", str(model), str(tmp_path / "run"),
+                               json.dumps(overrides), "20"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        train(tiny_config(model, tmp_path / "ref", **overrides), in_memory_source)   # meanwhile, uninterrupted
+        deadline = time.time() + 180
+        while [s for s, _ in losses(tmp_path / "run")] != [1, 2, 3, 4, 5]:
+            assert victim.poll() is None, victim.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the victim never reached step 5"
+            time.sleep(0.1)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
     assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
 
-    resumed = _spawn(model, tmp_path / "run", **overrides)
-    train(tiny_config(model, tmp_path / "ref", **overrides), in_memory_source)   # meanwhile, uninterrupted
-    assert resumed.wait(timeout=180) == 0, resumed.stderr.read().decode()[-2000:]
-    assert [s for s, _ in _losses(tmp_path / "run")] == list(range(1, 13))
-    assert _losses(tmp_path / "run") == _losses(tmp_path / "ref")     # bit-exact on CPU fp32
+    train(tiny_config(model, tmp_path / "run", **overrides), in_memory_source)        # resume in a new run
+    assert [s for s, _ in losses(tmp_path / "run")] == list(range(1, 7))             # step 5 redone, logged once
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")                      # bit-exact on CPU fp32
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
-    assert kept == ["step_00000008", "step_00000012"]                 # keep_last=2
+    assert kept == ["step_00000004", "step_00000006"]                                # keep_last=2
     assert (tmp_path / "run" / "manifest.json").is_file()
 
 
@@ -111,3 +105,28 @@ def test_data_from_another_tokenizer_is_refused(tmp_path):
     data = write_packed_folder(tmp_path / "data", vocab=200)
     with pytest.raises(LingraftError, match="vocabulary of 200 but the model has only 96"):
         check_data_matches_model(data, tmp_path, 96)
+
+
+def test_each_backend_gets_its_launcher_and_the_entry_accepts_fsdp(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from train.launcher import command
+    fsdp = tiny_config(tmp_path, tmp_path / "o", backend="fsdp", **{"launch.nproc_per_node": 2})
+    assert command(fsdp, Path("c.yaml"))[:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"]
+    mpi = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", **{"launch.launcher": "mpirun"})
+    cmd = command(mpi, Path("c.yaml"))
+    assert cmd[0] == "mpirun" and cmd[cmd.index("-np") + 1] == "1" and cmd[-2:] == ["--config", "c.yaml"]
+    assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
+    from lingraft.config import ConfigError
+    with pytest.raises(ConfigError, match="ds_config: only used with backend=deepspeed"):
+        tiny_config(tmp_path, tmp_path / "o", backend="fsdp", ds_config=str(REPO / "ds_configs" / "zero2.json"))
+
+    # launch/slurm_torchrun.sbatch passes --backend fsdp; without torchrun that is a clear error.
+    spec = importlib.util.spec_from_file_location("launch_train", REPO / "launch" / "train.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    model = make_tiny_llama(tmp_path / "m")
+    code = entry.main(["--model", str(model), "--data", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                       "--max-steps", "2", "--backend", "fsdp"])
+    assert code == 1 and "backend=fsdp needs a process group" in capsys.readouterr().err

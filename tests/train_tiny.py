@@ -1,6 +1,7 @@
 """Tiny Llama checkpoints and in-memory packed samples for the trainer tests."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -78,18 +79,38 @@ def in_memory_source(cfg, dist):
     return ListSource(packed_samples(200), rank=dist.rank, world_size=dist.world_size)
 
 
-if __name__ == "__main__":   # python -m tests.train_tiny MODEL OUT_DIR '{"dotted.key": value}'
+class StallingSource(ListSource):
+    """Blocks forever once `stall_at` samples were read: a run stuck mid-way, waiting to be killed."""
+
+    def __init__(self, samples, stall_at: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(samples, rank, world_size)
+        self.stall_at = stall_at
+
+    def __iter__(self):
+        for sample in super().__iter__():
+            while self.position > self.stall_at:
+                time.sleep(1)
+            yield sample
+
+
+if __name__ == "__main__":   # python -m tests.train_tiny MODEL OUT_DIR '{"dotted.key": value}' STALL_AT_SAMPLE
     import json
     import sys
 
     from lingraft.log import setup_logging
     from train.loop import train
     setup_logging()
-    train(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), **json.loads(sys.argv[3])), in_memory_source)
+    stall_at = int(sys.argv[4])
+    train(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), **json.loads(sys.argv[3])),
+          lambda cfg, dist: StallingSource(packed_samples(200), stall_at, dist.rank, dist.world_size))
 
 
 def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: int = SEQ, seed: int = 0) -> Path:
-    """A packed folder of random documents written through the packed-format API."""
+    """A packed folder written through the packed-format API.
+
+    Tokens follow a Zipf-like distribution, so the data has something to learn (a uniform
+    stream's loss cannot go below ln(vocab)) and "the loss decreases" is a real check.
+    """
     import numpy as np
 
     from data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
@@ -97,9 +118,12 @@ def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(vocab)
+    zipf = 1.0 / np.arange(1, vocab)
+    order = rng.permutation(vocab - 1)          # frequent tokens spread over old and new rows
     builder = ShardBuilder(dtype, eos_id=vocab - 1)
     for _ in range(docs):
-        builder.add(rng.integers(0, vocab - 1, size=int(rng.integers(4, 2 * seq))), source="synthetic")
+        length = int(rng.integers(4, 2 * seq))
+        builder.add(order[rng.choice(vocab - 1, size=length, p=zipf / zipf.sum())], source="synthetic")
     record = builder.write(folder, shard_name(0), seq, "stream")
     manifest = new_manifest("test.pack", {})
     manifest.outputs = packed_outputs([record], tokenizer={"spec": "synthetic", "fingerprint": "0" * 64,
@@ -108,3 +132,80 @@ def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: 
                                       eos_id=vocab - 1)
     manifest.write(folder)
     return folder
+
+
+# -- multi-process runs (tests/train_runs.py under deepspeed, torchrun or mpirun) ----------------
+
+def dist_run_config(model: Path, data: Path, out_dir: Path, **overrides) -> dict:
+    """A 2-rank CPU training config as YAML-ready dict; dotted keys override nested ones."""
+    cfg = {"model": str(model), "data": str(data), "out_dir": str(out_dir), "max_steps": 4,
+           "micro_batch_size": 2, "grad_accum_steps": 2, "device": "cpu",
+           "optim": {"warmup_steps": 2, "lr": 0.01}, "checkpoint": {"every_steps": 2},
+           "log": {"tensorboard": False, "plot": False},
+           "launch": {"nproc_per_node": 2, "dist_timeout_s": 120}}
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cfg
+
+
+def write_configs(folder: Path, configs: dict[str, dict]) -> list[str]:
+    """One YAML file per named config; returns their paths in order."""
+    import yaml
+    paths = []
+    for name, cfg in configs.items():
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths.append(str(path))
+    return paths
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """Environment for launched CPU ranks: the venv's launchers on PATH, one thread per rank."""
+    import os
+
+    from tests.conftest import REPO
+    return {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO), "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", **extra}
+
+
+def run_launcher(cmd: list[str], timeout: int = 300, **env: str) -> None:
+    import subprocess
+
+    from tests.conftest import REPO
+    done = subprocess.run(cmd, cwd=REPO, env=launch_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd[:3])}... exited {done.returncode}:\n{done.stderr[-4000:]}"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def losses(out_dir: Path) -> list[tuple[int, float]]:
+    from train.metrics_log import read_metrics
+    return [(row["step"], row["loss"]) for row in read_metrics(out_dir)]
+
+
+def changed_rows(base: torch.Tensor, out: torch.Tensor) -> set[int]:
+    return set((base != out).any(dim=1).nonzero().flatten().tolist())
+
+
+def export_and_compare(run_dir: Path, model_dir: Path, out: Path) -> dict[str, set[int] | bool]:
+    """`lingraft export` a run; per tensor of the base model: rows that changed (tables) or changed at all."""
+    from safetensors.torch import load_file
+
+    from lingraft.cli import main as lingraft
+    assert lingraft(["export", "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    base, exported = load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    assert base.keys() == exported.keys()
+    return {key: changed_rows(base[key], exported[key]) if key in TABLES else not torch.equal(base[key], exported[key])
+            for key in base}
+
+
+TABLES = {"model.embed_tokens.weight", "lm_head.weight"}

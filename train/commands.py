@@ -8,6 +8,6 @@ from train.export import ExportConfig
 TRAIN = Command(path=("train",), config_cls=TrainConfig, runner="train.launcher:run",
                 help="train the embedding tables (or more) of a checkpoint; picks the launcher from the config")
 EXPORT = Command(path=("export",), config_cls=ExportConfig, runner="train.export:run",
-                 help="turn a training checkpoint (ZeRO or local) into a Hugging Face folder")
+                 help="turn a training checkpoint (ZeRO, FSDP or local) into a Hugging Face folder")
 
 COMMANDS = [TRAIN, EXPORT]

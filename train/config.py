@@ -12,8 +12,8 @@ from typing import Literal
 from lingraft.config import require
 
 Trainable = Literal["embeddings", "new_rows", "full", "layers"]
-# FSDP2 (`fully_shard`) is the next backend; until it lands the config rejects it up front.
-Backend = Literal["local", "deepspeed"]
+# local: one process, plain PyTorch; deepspeed: ZeRO 1/2/3; fsdp: PyTorch FSDP2 (`fully_shard`).
+Backend = Literal["local", "deepspeed", "fsdp"]
 
 
 @dataclass
@@ -98,7 +98,7 @@ class TrainConfig:
     out_dir: Path = field(metadata={"help": "run folder: checkpoints, logs, plots"})
     max_steps: int = field(metadata={"help": "optimizer steps"})
     backend: Backend = field(default="deepspeed", metadata={"help": "training engine"})
-    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage (1, 2, 3)"})
+    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage (1, 2, 3); backend=deepspeed only"})
     ds_config: Path | None = field(default=None, metadata={"help": "DeepSpeed template (default ds_configs/zero<stage>.json)"})
     trainable: Trainable = field(default="embeddings", metadata={"help": "what carries gradients"})
     trainable_modules: list[str] = field(default_factory=list, metadata={
@@ -139,5 +139,7 @@ class TrainConfig:
             except ValueError as exc:
                 require(False, "new_token_ids", str(exc))
         require(not (self.backend == "local" and self.launch.nproc_per_node > 1), "backend",
-                "local runs one process; use deepspeed for launch.nproc_per_node > 1")
+                "local runs one process; use deepspeed or fsdp for launch.nproc_per_node > 1")
+        require(self.backend == "deepspeed" or self.ds_config is None, "ds_config",
+                f"only used with backend=deepspeed (backend is {self.backend!r})")
         require(self.ds_config is None or self.ds_config.is_file(), "ds_config", f"{self.ds_config}: file not found")

@@ -1,4 +1,4 @@
-"""`lingraft export`: a training checkpoint (ZeRO or local shards) -> a Hugging Face folder.
+"""`lingraft export`: a training checkpoint (ZeRO, FSDP or local) -> a Hugging Face folder.
 
 Every backend's checkpoint holds only what trained. The export therefore starts from the
 base model named in the checkpoint and writes the trained tensors over it: whole
@@ -42,6 +42,8 @@ def read_trained(ckpt: Path, backend: str) -> dict:
     engine = ckpt / "engine"
     if backend == "deepspeed":
         from train.backends.deepspeed_backend import read_trainable_state
+    elif backend == "fsdp":
+        from train.backends.fsdp_backend import read_trainable_state
     else:
         from train.backends.local_backend import read_trainable_state
     return read_trainable_state(engine)

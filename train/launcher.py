@@ -66,7 +66,7 @@ def preflight(cfg: TrainConfig) -> None:
 def launcher_for(cfg: TrainConfig) -> str:
     if cfg.launch.launcher != "auto":
         return cfg.launch.launcher
-    return {"local": "none", "deepspeed": "deepspeed"}[cfg.backend]
+    return {"local": "none", "deepspeed": "deepspeed", "fsdp": "torchrun"}[cfg.backend]
 
 
 def command(cfg: TrainConfig, config_file: Path) -> list[str]:
@@ -89,7 +89,9 @@ def command(cfg: TrainConfig, config_file: Path) -> list[str]:
             raise LingraftError("launch.hostfile: torchrun starts one node; use launch/slurm_torchrun.sbatch")
         return ["torchrun", "--standalone", "--nproc_per_node", str(lc.nproc_per_node), *script]
     hosts = ["--hostfile", str(lc.hostfile)] if lc.hostfile else []
-    return ["mpirun", "-np", str(world_size(cfg)), *hosts, sys.executable, *script]
+    # Open MPI refuses to start as root unless told; containers usually run as root.
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    return ["mpirun", *root, "-np", str(world_size(cfg)), *hosts, sys.executable, *script]
 
 
 def run(cfg: TrainConfig) -> None:

@@ -15,7 +15,7 @@ from train.backends import NonFiniteLoss, build_backend
 from train.checkpointing import latest_checkpoint, load_trainer_state, prepare_root, save_checkpoint
 from train.config import TrainConfig
 from train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
-from train.dist import DistInfo, init_distributed
+from train.dist import DistInfo, all_reduce_sum, init_distributed
 from train.flops import GradPlan, ModelShape, attended_keys_per_token, mfu, peak_flops_per_device, \
     training_flops_per_token
 from train.metrics_log import MetricsLogger
@@ -51,7 +51,11 @@ def run_meta(cfg: TrainConfig, split) -> dict:
 
 def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> Path:
     """Run (or resume) training; returns the final checkpoint folder."""
-    dist = init_distributed(cfg.launch.dist_timeout_s, use_cuda=cfg.device != "cpu" and torch.cuda.is_available())
+    dist = init_distributed(cfg.launch.dist_timeout_s, use_cuda=cfg.device != "cpu" and torch.cuda.is_available(),
+                            engine=cfg.backend, port=cfg.launch.master_port)
+    if cfg.backend == "fsdp" and not torch.distributed.is_initialized():
+        raise LingraftError("backend=fsdp needs a process group: start it with torchrun (or mpirun/srun), "
+                            "or use `lingraft train`, which does")
     runtime = resolve_runtime(cfg, dist.local_rank)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.out_dir)
@@ -116,12 +120,21 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
     finally:
         bar.close()
         plot = metrics.close()
+    opt_bytes = per_rank(backend.optimizer_state_bytes(), dist, runtime.device)   # a collective: every rank
     if dist.is_main:
-        _write_manifest(cfg, out_dir, last_good, plot, backend.optimizer_state_bytes())
+        _write_manifest(cfg, out_dir, last_good, plot, opt_bytes)
     return last_good
 
 
-def _write_manifest(cfg: TrainConfig, out_dir: Path, final: Path, plot: Path | None, opt_bytes: int) -> None:
+def per_rank(value: float, dist: DistInfo, device: torch.device) -> list[float]:
+    """Every rank's `value`, in rank order, on every rank (one all-reduce of a one-hot vector)."""
+    values = [0.0] * dist.world_size
+    values[dist.rank] = float(value)
+    return all_reduce_sum(values, device)
+
+
+def _write_manifest(cfg: TrainConfig, out_dir: Path, final: Path, plot: Path | None,
+                    opt_bytes: list[float]) -> None:
     from lingraft.manifest import new_manifest
     from train.metrics_log import read_metrics
     rows = read_metrics(out_dir)
@@ -129,5 +142,5 @@ def _write_manifest(cfg: TrainConfig, out_dir: Path, final: Path, plot: Path | N
     manifest.inputs = {"model": {"path": str(cfg.model)}, "data": {"path": str(cfg.data)}}
     manifest.outputs = {"final_checkpoint": str(final), "loss_plot": str(plot) if plot else None}
     manifest.metrics = {"steps": len(rows), "final_loss": rows[-1]["loss"] if rows else None,
-                        "optimizer_state_bytes_rank0": opt_bytes}
+                        "optimizer_state_bytes_per_rank": [int(b) for b in opt_bytes]}
     manifest.write(out_dir)

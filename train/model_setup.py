@@ -50,9 +50,19 @@ def resolve_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
     return Runtime(device=device, dtype=dtype, attention=attention)
 
 
-def load_model(path: Path, runtime: Runtime) -> nn.Module:
+def weights_dtype(cfg: TrainConfig, runtime: Runtime) -> torch.dtype:
+    """The dtype the module's weights are held in (runtime.dtype is the compute dtype).
+
+    DeepSpeed's bf16 mode takes a bf16 module and keeps the fp32 master weights inside its
+    optimizer; the local backend (autocast) and FSDP2 (a mixed-precision policy) keep fp32
+    weights themselves and only compute in bf16.
+    """
+    return runtime.dtype if cfg.backend == "deepspeed" else torch.float32
+
+
+def load_model(path: Path, runtime: Runtime, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype, attn_implementation=runtime.attention)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=runtime.attention)
     model.config.use_cache = False
     return model.to(runtime.device)
 
@@ -144,7 +154,7 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
 
 def build_model(cfg: TrainConfig, runtime: Runtime) -> tuple[nn.Module, VocabSplit | None]:
     """The model as every backend receives it: loaded, frozen/split, checkpointed, compiled."""
-    model = load_model(cfg.model, runtime)
+    model = load_model(cfg.model, runtime, weights_dtype(cfg, runtime))
     split = apply_trainable(model, cfg)
     if not any(p.requires_grad for p in model.parameters()):
         raise LingraftError(f"trainable={cfg.trainable}: nothing to train")

@@ -1,4 +1,4 @@
-"""Training engines behind one interface (`TrainBackend`): local and DeepSpeed ZeRO."""
+"""Training engines behind one interface (`TrainBackend`): local, DeepSpeed ZeRO and FSDP2."""
 from __future__ import annotations
 
 from train.backends.base import NonFiniteLoss, StepResult, TrainBackend
@@ -10,5 +10,8 @@ def build_backend(cfg, model, runtime, dist) -> TrainBackend:
     if cfg.backend == "deepspeed":
         from train.backends.deepspeed_backend import DeepSpeedBackend
         return DeepSpeedBackend(model, cfg, runtime, dist)
+    if cfg.backend == "fsdp":
+        from train.backends.fsdp_backend import FSDPBackend
+        return FSDPBackend(model, cfg, runtime, dist)
     from train.backends.local_backend import LocalBackend
     return LocalBackend(model, cfg, runtime, dist)

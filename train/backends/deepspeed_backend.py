@@ -13,7 +13,7 @@ from torch import nn
 
 from train.backends.base import StepResult, global_mean_loss
 from train.config import TrainConfig
-from train.dist import DistInfo
+from train.dist import DistInfo, skip_deepspeed_shm_build
 from train.ds_config import fill_ds_config
 from train.loss import micro_batch_loss
 from train.model_setup import Runtime
@@ -24,6 +24,7 @@ TAG = "zero"
 
 class DeepSpeedBackend:
     def __init__(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime, dist: DistInfo) -> None:
+        skip_deepspeed_shm_build()   # a single process lets deepspeed.initialize start the group
         import deepspeed
         self.cfg, self.runtime = cfg, runtime
         ds_config = fill_ds_config(cfg, dist.world_size, runtime.dtype == torch.bfloat16, model.config.hidden_size)

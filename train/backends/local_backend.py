@@ -23,13 +23,13 @@ STATE_FILE = "state.pt"
 
 class LocalBackend:
     def __init__(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime, dist: DistInfo) -> None:
-        self.model = self.wrap(model, cfg, runtime)
         self.cfg, self.runtime, self.dist = cfg, runtime, dist
+        self.model = self.wrap(model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-    def wrap(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime) -> nn.Module:
+    def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
     def autocast(self):

@@ -1,0 +1,54 @@
+"""FSDP2 on CPU under torchrun with 2 ranks (gloo): new_rows, DCP resume, activation checkpointing, export.
+
+One torchrun launch runs three trainings in the same process group (tests/train_runs.py):
+an uninterrupted reference, and the same run stopped at step 2 and resumed from its DCP
+checkpoint with activation checkpointing switched on. Recomputation changes no number on
+CPU, so the resumed half must reproduce the reference bit for bit.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.train_tiny import (dist_run_config, export_and_compare, losses, make_tiny_llama, run_launcher,
+                              write_configs, write_packed_folder)
+
+pytestmark = pytest.mark.slow
+
+NEW = set(range(10, 20)) | set(range(70, 96))
+
+
+def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
+    from transformers import AutoModelForCausalLM
+    model = make_tiny_llama(tmp_path / "model", tied=True)
+    data = write_packed_folder(tmp_path / "data")
+    common = {"backend": "fsdp", "trainable": "new_rows", "new_token_ids": "10:20,70:96"}
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    configs = {
+        "ref": dist_run_config(model, data, ref, **common),
+        # warmup covers steps 1-2, so stopping at max_steps=2 sees the same lr as the reference
+        "first_half": dist_run_config(model, data, resumed, max_steps=2, **common),
+        "second_half": dist_run_config(model, data, resumed, activation_checkpointing=True, **common),
+    }
+    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py",
+                  *write_configs(tmp_path, configs)])
+
+    reference = losses(ref)
+    assert [step for step, _ in reference] == [1, 2, 3, 4]
+    assert reference[-1][1] < reference[0][1] - 0.05, reference        # it learns
+    assert losses(resumed) == reference                                 # exact resume, bit for bit
+    state = json.loads((resumed / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["meta"]["backend"] == "fsdp" and state["world_size"] == 2
+    assert (resumed / "checkpoints" / "step_00000004" / "engine" / ".metadata").is_file()   # a DCP folder
+
+    changed = export_and_compare(ref, model, tmp_path / "hf_ref")
+    assert not any(v for k, v in changed.items() if k != "model.embed_tokens.weight"), changed   # blocks untouched
+    rows = changed["model.embed_tokens.weight"]
+    assert rows <= NEW and len(rows) > 0.9 * len(NEW)                    # old rows bit-identical
+    export_and_compare(resumed, model, tmp_path / "hf_resumed")
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_ref")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_resumed")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
