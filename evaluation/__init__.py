@@ -1,0 +1,1 @@
+"""`lingraft eval`: tokenizer-independent measurements of what adaptation buys and costs."""
