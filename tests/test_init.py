@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lingraft.checkpoint import INDEX_FILE
+from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
 from tests.test_checkpoint import all_tensors, save_tiny_llama
 from vocabulary.token_map import TokenMap
 
@@ -19,9 +20,7 @@ EXTRA_ROWS = 6          # the source checkpoints pad their embeddings past len(t
 
 @pytest.fixture(scope="module")
 def old_tokenizer(shared):
-    from vocabulary.loading import load_tokenizer
-    tok = load_tokenizer(shared / "tokenizers" / "gpt2")
-    tok.add_tokens(["<|im_start|>"], special_tokens=True)
+    tok = gpt2_with_chat_token(shared)
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -29,12 +28,7 @@ def old_tokenizer(shared):
 @pytest.fixture(scope="module")
 def new_tokenizer_dir(shared, tmp_path_factory) -> Path:
     """A 1,500-token SentencePiece-style BPE (byte fallback) on a RusLit slice."""
-    from vocabulary.config import TrainTokenizerConfig
-    from vocabulary.training import run_train
-    out = tmp_path_factory.mktemp("tok") / "ru1500"
-    run_train(TrainTokenizerConfig(data=[str(shared / "ru_text" / "ruslit.jsonl.xz")], out=str(out),
-                                   vocab_size=1500, style="sentencepiece", max_chars=300_000))
-    return out
+    return train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru1500", 1500, 300_000)
 
 
 def _model(folder: Path, old_tokenizer, tied: bool, shard: str | None) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
 from tests.test_checkpoint import all_tensors
 from vocabulary.token_map import TOKEN_MAP_NAME
 
@@ -80,20 +81,12 @@ def make_adapted(init_out: Path, out: Path, seed: int = 5) -> Path:
 
 @pytest.fixture(scope="module")
 def base_tok(shared):
-    from vocabulary.loading import load_tokenizer
-    tok = load_tokenizer(shared / "tokenizers" / "gpt2")
-    tok.add_tokens(["<|im_start|>"], special_tokens=True)
-    return tok
+    return gpt2_with_chat_token(shared)
 
 
 @pytest.fixture(scope="module")
 def new_tok_dir(shared, tmp_path_factory) -> Path:
-    from vocabulary.config import TrainTokenizerConfig
-    from vocabulary.training import run_train
-    out = tmp_path_factory.mktemp("tok") / "ru1000"
-    run_train(TrainTokenizerConfig(data=[str(shared / "ru_text" / "ruslit.jsonl.xz")], out=str(out),
-                                   vocab_size=1000, style="sentencepiece", max_chars=200_000))
-    return out
+    return train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru1000", 1000, 200_000)
 
 
 def _family(root: Path, base_tok, new_tok_dir: Path, tied: bool):
