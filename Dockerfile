@@ -38,6 +38,7 @@ COPY data_prep ./data_prep
 COPY vocabulary ./vocabulary
 COPY train ./train
 COPY propagate ./propagate
+COPY evaluation ./evaluation
 COPY launch ./launch
 COPY ds_configs ./ds_configs
 COPY configs ./configs

@@ -62,3 +62,12 @@ def test_deepspeed_templates_are_valid_json(stage):
     cfg = json.loads((REPO / "ds_configs" / f"zero{stage}.json").read_text())
     assert cfg["zero_optimization"]["stage"] == stage
     assert cfg["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_dockerfile_copies_every_package():
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    packages = [p.strip().rstrip("*") for p in cfg["options.packages.find"]["include"].splitlines() if p.strip()]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    missing = [p for p in packages if f"COPY {p} ./{p}" not in dockerfile]
+    assert not missing, f"the image would lack {missing}"
