@@ -8,7 +8,6 @@ into a temporary folder that replaces `out` only when everything, manifest inclu
 """
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,29 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir
-from lingraft.checkpoint import CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors, \
-    resolve_model
+from lingraft.checkpoint import (
+    CHECKSUM_KEY,
+    Checkpoint,
+    embedding_names,
+    open_checkpoint,
+    read_tensors,
+    resolve_model,
+)
 from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
+from lingraft.memory import peak_rss_bytes
 from propagate.compat import check_compatible, load_config
 from propagate.config import PropagateConfig
 from propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
-from propagate.vocabularies import OutputVocabulary, check_siblings, output_vocabulary, resolve_token_map, \
-    shared_tokens
+from propagate.vocabularies import (
+    OutputVocabulary,
+    check_siblings,
+    output_vocabulary,
+    resolve_token_map,
+    shared_tokens,
+)
 from vocabulary.embedding_init import padded_size
 from vocabulary.init_stage import write_config_files
 from vocabulary.loading import load_tokenizer
@@ -70,18 +81,6 @@ def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: 
                      fit.relative_residual, fit.rows, fit.rank)
         del read
     return out_tables, fits
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set. VmHWM where Linux has it: unlike ru_maxrss it starts
-    afresh at exec, so a parent's memory at fork time does not count."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """The training run: set up, resume, step, log, checkpoint. Same code for every launcher."""
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,13 +10,25 @@ import torch
 from lingraft.config import to_dict
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
+from lingraft.memory import peak_rss_bytes
 from train.backends import NonFiniteLoss, build_backend
-from train.checkpointing import latest_checkpoint, load_trainer_state, prepare_root, save_checkpoint
+from train.checkpointing import (
+    latest_checkpoint,
+    load_trainer_state,
+    prepare_root,
+    save_checkpoint,
+)
 from train.config import TrainConfig
 from train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
 from train.dist import DistInfo, all_reduce_sum, init_distributed
-from train.flops import GradPlan, ModelShape, attended_keys_per_token, mfu, peak_flops_per_device, \
-    training_flops_per_token
+from train.flops import (
+    GradPlan,
+    ModelShape,
+    attended_keys_per_token,
+    mfu,
+    peak_flops_per_device,
+    training_flops_per_token,
+)
 from train.metrics_log import MetricsLogger
 from train.model_setup import Runtime, build_model, decoder_blocks, resolve_runtime
 
@@ -40,7 +51,7 @@ def _grad_plan(cfg: TrainConfig, model: torch.nn.Module, shape: ModelShape, spli
 def _peak_memory_gib(runtime: Runtime) -> float:
     if runtime.device.type == "cuda":
         return torch.cuda.max_memory_allocated(runtime.device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # Linux reports KiB
+    return peak_rss_bytes() / 2**30
 
 
 def run_meta(cfg: TrainConfig, split) -> dict:

@@ -9,7 +9,6 @@ Everything goes into a temporary folder that replaces `out` only when all of it 
 from __future__ import annotations
 
 import json
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,27 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lingraft.atomic import atomic_dir, write_json
-from lingraft.checkpoint import (CHECKSUM_KEY, Checkpoint, EmbeddingNames, embedding_names, open_checkpoint,
-                                 read_tensors, resolve_model)
+from lingraft.checkpoint import (
+    CHECKSUM_KEY,
+    Checkpoint,
+    EmbeddingNames,
+    embedding_names,
+    open_checkpoint,
+    read_tensors,
+    resolve_model,
+)
 from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from vocabulary.embedding_init import mapped_table, mean_row, pad_rows, random_table, real_rows
+from lingraft.memory import peak_rss_bytes
+from vocabulary.embedding_init import (
+    mapped_table,
+    mean_row,
+    pad_rows,
+    random_table,
+    real_rows,
+)
 from vocabulary.init_config import InitConfig
 from vocabulary.loading import load_tokenizer
 from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
@@ -175,10 +188,6 @@ def report(cfg: InitConfig, metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
-
-
 def run_init(cfg: InitConfig) -> dict[str, Any]:
     start = time.perf_counter()
     source = resolve_model(cfg.model)
@@ -207,7 +216,7 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "old_vocab": len(old_tok), "new_vocab": len(new_tok), "rows": rows, "tied": names.tied,
             "provenance": new.provenance, "special_tokens_carried": carried,
-            "surgery_seconds": round(time.perf_counter() - start, 3), "surgery_peak_rss_mb": round(_peak_rss_mb(), 1),
+            "surgery_seconds": round(time.perf_counter() - start, 3), "surgery_peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
             "largest_shard_mb": round(ckpt.largest_shard_bytes / 2**20, 1),
             "embedding_tables_mb": round(sum(t.numel() * t.element_size() for t in new.tables.values()) / 2**20, 1)}
         if new.method_stats:
