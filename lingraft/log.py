@@ -13,10 +13,21 @@ def _rank() -> int:
     return 0
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at emit time, not at set-up time: a caller that swaps
+    stderr (pytest capture, a notebook) and closes the old one must not break later log lines."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     rank = _rank()
     fmt = "%(asctime)s %(levelname).1s [%(name)s" + (f" r{rank}" if rank else "") + "] %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=_CurrentStderr(), force=True)
 
 
 def get_logger(name: str) -> logging.Logger:
