@@ -12,6 +12,7 @@ Prints a table, then one JSON line with every number.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -75,10 +76,10 @@ def score(folders: dict[str, Path], docs: int) -> dict[str, dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from data_prep.readers import iter_texts
     from lingraft.bpc import bits_per_character
     from vocabulary.loading import load_tokenizer
-    with open(UD, encoding="utf-8") as fh:
-        texts = [json.loads(line)["text"] for line, _ in zip(fh, range(docs))]
+    texts = list(itertools.islice(iter_texts(str(UD)), docs))
     results = {}
     for name, folder in folders.items():
         start = time.perf_counter()

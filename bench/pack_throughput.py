@@ -108,6 +108,7 @@ def main() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
     sys.path.insert(0, str(REPO))
+    from data_prep.readers import iter_texts
     from lingraft.log import setup_logging
     from vocabulary.loading import load_tokenizer
     setup_logging()
@@ -115,8 +116,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pack_bench_"))
     try:
         clean = _clean_parts(tmp)
-        texts = [json.loads(line)["text"] for part in sorted(clean.glob("part_*.jsonl"))
-                 for line in part.read_text(encoding="utf-8").splitlines()]
+        texts = [text for part in sorted(clean.glob("part_*.jsonl")) for text in iter_texts(str(part))]
         tok = load_tokenizer(args.tokenizer)
         backend = tok.backend_tokenizer
         raw_fast, raw_plain, packs, hf = [], [], [], []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_prep.readers import iter_texts  # noqa: E402
 from vocabulary.corpus import CorpusText  # noqa: E402
 from vocabulary.loading import load_tokenizer  # noqa: E402
 from vocabulary.stats import count_text, format_table, tokenizer_stats  # noqa: E402
@@ -37,8 +38,7 @@ def main() -> None:
     ap.add_argument("--kind", default="bpe", choices=["bpe", "unigram"])
     args = ap.parse_args()
 
-    with open(SHARED / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
-        held_out = [json.loads(line)["text"] for line in fh]
+    held_out = list(iter_texts(str(SHARED / "ru_text" / "ud_russian_sentences.jsonl")))
     counts = count_text(held_out)
     results, train_info = {}, {}
     for style in args.styles.split(","):

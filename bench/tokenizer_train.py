@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sentencepiece as spm  # noqa: E402
 
+from data_prep.readers import iter_texts  # noqa: E402
 from vocabulary.corpus import CorpusText  # noqa: E402
 from vocabulary.loading import load_tokenizer  # noqa: E402
 from vocabulary.stats import count_text, tokenizer_stats  # noqa: E402
@@ -58,8 +59,7 @@ def main() -> None:
 
     lines = corpus_lines(args.chars)
     chars = sum(map(len, lines))
-    with open(SHARED / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
-        held_out = [json.loads(line)["text"] for line in fh]
+    held_out = list(iter_texts(str(SHARED / "ru_text" / "ud_russian_sentences.jsonl")))
     counts = count_text(held_out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
 
+from data_prep.readers import iter_texts  # noqa: E402
 from vocabulary.corpus import CorpusText  # noqa: E402
 from vocabulary.extend import extend, reencoded_words  # noqa: E402
 from vocabulary.loading import load_tokenizer  # noqa: E402
@@ -46,8 +47,7 @@ def main() -> None:
     ruslit = list(CorpusText([str(SHARED / "ru_text/ruslit.jsonl.xz")], "text", args.max_chars))
     english = list(CorpusText([str(SHARED / "en_text/fineweb_en_sample.jsonl")], "text"))
     protect, held_out = english[:500], english[500:]
-    with open(SHARED / "ru_text/ud_russian_sentences.jsonl", encoding="utf-8") as fh:
-        ud = [json.loads(line)["text"] for line in fh]
+    ud = list(iter_texts(str(SHARED / "ru_text/ud_russian_sentences.jsonl")))
     ud_counts, en_counts = count_text(ud), count_text(held_out)
 
     results: dict[str, dict] = {}
