@@ -147,7 +147,12 @@ def _set_path(tree: dict, path: list[str], value: Any) -> None:
             node[part] = value
             return
         child = node[part] if isinstance(node, list) else node.get(part)
-        if not isinstance(child, (dict, list)):
+        if child is not None and not isinstance(child, (dict, list)):
+            # Replacing the scalar would silently drop it (e.g. `--prompts f.jsonl` then
+            # `--set prompts.0.limit=5` would lose the path).
+            raise ConfigError(f"{'.'.join(path)}: {'.'.join(path[:depth + 1])} is already set to {child!r}, "
+                              f"not a mapping; write the whole entry in a YAML config instead")
+        if child is None:
             child = {}
             node[part] = child
         node = child

@@ -97,6 +97,9 @@ def test_dotted_override_can_index_lists(tmp_path):
     cfg = build_config(Outer, path, dotted=["items.1.weight=0.25"])
     assert [(i.path, i.weight) for i in cfg.items] == [("x", 1.0), ("y", 0.25)]
     assert "not an index" in _error(build_config, Outer, path, dotted=["items.5.weight=1"])
+    # a scalar is never silently replaced by a mapping (the path would be lost)
+    assert "already set to 'x'" in _error(build_config, Outer, None, {"name": "a", "items": ["x"]},
+                                          dotted=["items.0.weight=0.5"])
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     assert _error(parse_override, "novalue") == "novalue: override must look like key=value"
 
