@@ -50,6 +50,20 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(loaded.apply(old), tmap.apply(old))
 
 
+def test_saved_bytes_are_the_same_in_every_process(tmp_path):
+    """safetensors orders metadata by a per-process hash seed; the saved file must not depend on it."""
+    import subprocess
+    import sys
+    tmap = _example()
+    tmap.save(tmp_path / "here.safetensors")
+    script = ("import sys, torch; from vocabulary.token_map import TokenMap; "
+              "TokenMap.load(sys.argv[1]).save(sys.argv[2])")
+    for k in range(2):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "here.safetensors"),
+                        str(tmp_path / f"child{k}.safetensors")], check=True)
+        assert (tmp_path / f"child{k}.safetensors").read_bytes() == (tmp_path / "here.safetensors").read_bytes()
+
+
 @pytest.mark.parametrize("rows, provenance, message", [
     ([{0: 1.0}], ["kept", "mean"], "1 rows but 2 provenance"),
     ([{0: 1.0}], ["copied"], "unknown provenance 'copied'"),

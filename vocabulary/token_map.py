@@ -25,6 +25,7 @@ from lingraft.errors import LingraftError
 
 TOKEN_MAP_NAME = "token_map.safetensors"
 FORMAT = "lingraft.token_map/1"
+META_KEY = "lingraft"
 
 # Codes are stored as uint8; the order is part of the file format (append only).
 PROVENANCES: tuple[str, ...] = ("kept", "mean", "aligned", "smoothed", "fallback", "special")
@@ -138,7 +139,10 @@ class TokenMap:
 
         from lingraft.atomic import atomic_path
         path = Path(path)
-        meta = {"format": FORMAT, "old_vocab": str(self.old_vocab), "provenances": json.dumps(list(PROVENANCES))}
+        # One metadata key: safetensors writes its metadata map in hash order, which changes from
+        # run to run, and identical maps must give identical bytes (resume checks compare hashes).
+        info = {"format": FORMAT, "old_vocab": self.old_vocab, "provenances": list(PROVENANCES)}
+        meta = {META_KEY: json.dumps(info, sort_keys=True)}
         tensors = {"indptr": self.indptr.contiguous(), "indices": self.indices.contiguous(),
                    "weights": self.weights.contiguous(), "provenance": self.provenance.contiguous()}
         with atomic_path(path) as tmp:
@@ -153,15 +157,15 @@ class TokenMap:
             path = path / TOKEN_MAP_NAME
         try:
             with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
+                meta = json.loads((fh.metadata() or {}).get(META_KEY, "{}"))
                 if meta.get("format") != FORMAT:
                     raise LingraftError(f"{path}: not a lingraft token map (format {meta.get('format')!r})")
-                stored = json.loads(meta["provenances"])
+                stored = meta["provenances"]
                 if stored != list(PROVENANCES[: len(stored)]):
                     raise LingraftError(f"{path}: provenance codes {stored} differ from this version's")
                 tensors = {k: fh.get_tensor(k) for k in ("indptr", "indices", "weights", "provenance")}
         except FileNotFoundError:
             raise LingraftError(f"{path}: token map not found") from None
-        except (SafetensorError, KeyError, OSError) as exc:
+        except (SafetensorError, KeyError, OSError, ValueError) as exc:
             raise LingraftError(f"{path}: corrupt token map ({exc})") from None
         return cls(old_vocab=int(meta["old_vocab"]), **tensors)
