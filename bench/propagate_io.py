@@ -3,13 +3,18 @@
 Builds B (a Llama-shaped model with the Mistral-7B tokenizer), A (B with the darulm-32k
 vocabulary and a mean-of-pieces token map) and I (B's sibling with a chat template), each
 a few GB in several safetensors shards, with the embedding tables in their own shards.
-Layer shards are hard links of one set of files: their content never matters to
-propagation, which copies them byte for byte, and it saves writing GBs of random data.
+Layer shards are copies of one set of random files (their content never matters to
+propagation, which copies them byte for byte), but each model has its own files, as real
+siblings do, so every input byte is hashed for the manifest.
 
 Then, in one process tree and with the same page cache: copy I's shards with shutil
-(kernel copy_file_range), run `lingraft propagate --method conversion` in a child process,
-and compare. Peak RSS is the child's; its budget is the largest shard plus every table the
-run holds (B's, A's, I's and the output's) plus 20%. Everything is deleted afterwards.
+(kernel copy_file_range), run `lingraft propagate` in a child process, and compare: swap with
+an empty hash cache (every input hashed), swap again (input hashes remembered from the first
+run, as in a re-run or a pipeline), then conversion; finally a swap run SIGKILLed halfway
+through writing, and its rerun (no output in between, identical shards after); and the
+writer alone, in this process, best of a few. Peak RSS is the child's; its budget is the
+largest shard plus every table the run holds (B's, A's, I's and the output's) plus 20%.
+Everything is deleted afterwards.
 
     .venv/bin/python bench/propagate_io.py [--hidden 2048] [--layers 20] [--layers-per-shard 5]
 """
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +49,7 @@ def layer_tensors(i: int, hidden: int, inter: int) -> dict[str, tuple[int, ...]]
 
 
 def save_shards(folder: Path, shards: list[dict[str, torch.Tensor] | Path]) -> None:
-    """Write (or hard-link, for a Path) each shard and the index."""
+    """Write (or copy, for a Path) each shard and the index."""
     from safetensors import safe_open
     from safetensors.torch import save_file
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +57,7 @@ def save_shards(folder: Path, shards: list[dict[str, torch.Tensor] | Path]) -> N
     for k, shard in enumerate(shards):
         name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
         if isinstance(shard, Path):
-            os.link(shard, folder / name)
+            shutil.copyfile(shard, folder / name)
             with safe_open(str(shard), framework="pt") as fh:
                 keys = list(fh.keys())
         else:
@@ -102,20 +108,30 @@ def checkpoint_bytes(folder: Path) -> list[int]:
 
 def copy_shards(src: Path, dst: Path) -> float:
     dst.mkdir()
+    os.sync()           # every contender starts with no dirty pages of an earlier one to write back
     start = time.perf_counter()
     for shard in sorted(src.glob("model-*.safetensors")):
         shutil.copyfile(shard, dst / shard.name)
     return time.perf_counter() - start
 
 
+def propagate_cmd(method: str, folders: dict[str, Path], root: Path, max_shard_gb: float) -> list[str]:
+    return [sys.executable, "-m", "lingraft.cli", "propagate", "--base", str(folders["B"]),
+            "--adapted", str(folders["A"]), "--instruct", str(folders["I"]), "--method", method,
+            "--out", str(root / "out"), "--max-shard-gb", str(max_shard_gb)]
+
+
+def child_env(root: Path) -> dict[str, str]:
+    """The children share a hash cache of their own: the first run starts cold, whatever ran before."""
+    return {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "LINGRAFT_CACHE": str(root / "cache")}
+
+
 def run_method(method: str, folders: dict[str, Path], root: Path, nbytes: int, copy_s: float,
                held_without_output: int, max_shard_gb: float) -> dict:
     """One `lingraft propagate` in a child process; its timings, fit and peak RSS against the budget."""
-    cmd = [sys.executable, "-m", "lingraft.cli", "propagate", "--base", str(folders["B"]),
-           "--adapted", str(folders["A"]), "--instruct", str(folders["I"]), "--method", method,
-           "--out", str(root / "out"), "--max-shard-gb", str(max_shard_gb)]
+    os.sync()
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "LINGRAFT_NO_PROGRESS": "1"})
+    subprocess.run(propagate_cmd(method, folders, root, max_shard_gb), check=True, cwd=REPO, env=child_env(root))
     total_s = time.perf_counter() - start
     m = json.loads((root / "out" / "manifest.json").read_text())["metrics"]
     budget = 1.2 * (held_without_output + m["table_bytes"])
@@ -133,12 +149,63 @@ def run_method(method: str, folders: dict[str, Path], root: Path, nbytes: int, c
             "rss_within_budget": m["peak_rss_bytes"] < budget}
 
 
+def writer_alone(folder: Path, root: Path, reps: int) -> dict:
+    """`write_checkpoint` in this process (new tables for embedding and head, layer shards kept), best
+    of `reps`, against a copy of the shards: with I's shard hashes unknown (the writer hashes every
+    byte it writes) and known (as in `lingraft propagate`, which hashes I for its manifest first)."""
+    import lingraft.hashing as hashing
+    from lingraft.checkpoint import open_checkpoint, read_tensors
+    from lingraft.checkpoint_writer import write_checkpoint
+    ckpt = open_checkpoint(folder, verify_checksums=False)
+    tables = {n: t.clone() for n, t in read_tensors(ckpt, [EMBED, HEAD]).items()}
+    times: dict[str, list[float]] = {"copy_s": [], "inputs_unhashed_s": [], "inputs_hashed_s": []}
+    for _ in range(reps):
+        times["copy_s"].append(copy_shards(folder, root / "w"))
+        shutil.rmtree(root / "w")
+        for label in ("inputs_unhashed_s", "inputs_hashed_s"):
+            hashing._remembered.clear()
+            os.environ["LINGRAFT_HASH_CACHE"] = "0" if label == "inputs_unhashed_s" else "1"
+            if label == "inputs_hashed_s":
+                hashing.sha256_files(list(ckpt.shards))
+            (root / "w").mkdir()
+            os.sync()
+            start = time.perf_counter()
+            write_checkpoint(ckpt, root / "w", tables, max(checkpoint_bytes(folder)))
+            times[label].append(time.perf_counter() - start)
+            shutil.rmtree(root / "w")
+    best = {k: min(v) for k, v in times.items()}
+    ratios = {k.replace("_s", "_ratio_vs_copy"): round(best["copy_s"] / v, 3) for k, v in best.items()}
+    return {**{k: round(v, 2) for k, v in best.items()}, **{k: v for k, v in ratios.items() if k != "copy_ratio_vs_copy"}}
+
+
+def kill_and_rerun(folders: dict[str, Path], root: Path, max_shard_gb: float, expected: dict[str, str],
+                   after_shards: int = 3) -> dict:
+    """SIGKILL a swap run once `after_shards` output shards exist in its temp folder, then rerun it:
+    the output must be absent after the kill and identical (shard sha256s) after the rerun."""
+    proc = subprocess.Popen(propagate_cmd("swap", folders, root, max_shard_gb), cwd=REPO, env=child_env(root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and max((len(list(tmp.glob("model-*.safetensors")))
+                                       for tmp in root.glob(".tmp-out.*")), default=0) < after_shards:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_mid_write = proc.returncode == -signal.SIGKILL and not (root / "out").exists()
+    start = time.perf_counter()
+    subprocess.run(propagate_cmd("swap", folders, root, max_shard_gb), check=True, cwd=REPO, env=child_env(root),
+                   stdout=subprocess.DEVNULL)
+    rerun_s = time.perf_counter() - start
+    got = json.loads((root / "out" / "manifest.json").read_text())["outputs"]["shard_sha256"]
+    return {"killed_mid_write_no_output": killed_mid_write, "rerun_s": round(rerun_s, 2),
+            "identical_shards": got == expected, "temp_left": sorted(p.name for p in root.glob(".tmp-*"))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--layers-per-shard", type=int, default=5)
     parser.add_argument("--workdir", default=None, help="where the GBs go (default: a temp folder)")
+    parser.add_argument("--writer-reps", type=int, default=3, help="repeats of the writer-alone timing")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="propagate-io-", dir=args.workdir))
     try:
@@ -157,10 +224,15 @@ def main() -> None:
         result = {"bench": "propagate_io", "checkpoint_gb": round(sum(sizes) / 1e9, 3), "shards": len(sizes),
                   "largest_shard_mb": round(max(sizes) / 2**20, 1), "hidden": args.hidden,
                   "copy_s": round(copy_s, 2), "copy_gb_s": round(sum(sizes) / 1e9 / copy_s, 3)}
-        for method in ("swap", "conversion"):
-            result[method] = run_method(method, folders, root, sum(sizes), copy_s, max(sizes) + tables_in,
-                                        max(sizes) / 1e9)
+        for label, method in (("swap_cold", "swap"), ("swap_warm", "swap"), ("conversion_warm", "conversion")):
+            result[label] = run_method(method, folders, root, sum(sizes), copy_s, max(sizes) + tables_in,
+                                       max(sizes) / 1e9)
+            if label == "swap_warm":
+                expected = json.loads((root / "out" / "manifest.json").read_text())["outputs"]["shard_sha256"]
             shutil.rmtree(root / "out")
+        result["sigkill_swap"] = kill_and_rerun(folders, root, max(sizes) / 1e9, expected)
+        os.environ.update(LINGRAFT_CACHE=str(root / "cache"), LINGRAFT_NO_PROGRESS="1")
+        result["writer_alone"] = writer_alone(folders["I"], root, args.writer_reps)
         print(json.dumps(result))
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -32,6 +32,7 @@ from data_prep.pack_config import SampleStart
 from lingraft.atomic import atomic_open, write_json
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
+from lingraft.paths import safe_join
 
 FORMAT = "lingraft.packed/1"
 FILE_SUFFIXES = {"tokens": ".tokens.bin", "docs": ".docs.npy", "samples": ".samples.npy", "mask": ".mask.bin"}
@@ -210,7 +211,7 @@ def read_valid_done(folder: Path, name: str, key: str) -> dict[str, Any] | None:
     if record.get("key") != key:
         return None
     for entry in record.get("files", {}).values():
-        file = folder / entry["file"]
+        file = safe_join(folder, entry["file"], f"{path}: file")
         if not file.is_file() or file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
             return None
     return record
@@ -253,7 +254,7 @@ class ShardArrays:
 
 def check_file(folder: Path, entry: dict[str, Any], verify_checksum: bool = False) -> Path:
     """`folder/entry['file']` after checking its size (cheap) and optionally its sha256."""
-    path = folder / entry["file"]
+    path = safe_join(folder, entry["file"], f"{folder}: shard file")
     if not path.is_file():
         raise LingraftError(f"{path}: shard file missing")
     size = path.stat().st_size

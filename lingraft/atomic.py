@@ -2,19 +2,48 @@
 
 Files are written to a temporary sibling, flushed and fsync'ed, then renamed into place;
 folders are assembled under a temporary name and renamed whole. A crash leaves at most a
-`.tmp-*` entry behind, which later runs ignore and overwrite.
+`.tmp-*` entry behind, which later runs ignore; the next `atomic_dir` write of the same
+output removes it once its writer is gone (`sweep_dead_writers`; files are many and small,
+and stages that write many clear their folder with `clean_stale_tmp`). A write that runs out of disk space
+becomes a one-line LingraftError, with the previous version of the output untouched.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from lingraft.errors import LingraftError
+
 TMP_PREFIX = ".tmp-"
+# A full disk, an exhausted quota, or a file-size limit (ulimit -f, with SIGXFSZ ignored).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from (torch wraps the OSError), is a full disk."""
+    return any(isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS for e in _chain(exc))
+
+
+def no_space_error(path: str | Path, exc: BaseException) -> LingraftError:
+    """The one-line error for an output that did not fit; the caller has kept the old one intact."""
+    reason = next((e.strerror for e in _chain(exc) if isinstance(e, OSError) and e.strerror), "no space")
+    return LingraftError(f"{path}: out of disk space while writing ({reason}); nothing was replaced, "
+                         "the previous version (if any) is intact. Free space and rerun.")
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _fsync_dir(path: Path) -> None:
@@ -26,12 +55,46 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _tmp_prefix(path: Path) -> str:
+    """`.tmp-<name>.<host>-<pid>.`: who is writing, so a later run can tell a crashed writer's leftovers."""
+    return f"{TMP_PREFIX}{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # someone else's live process
+        return True
+    return True
+
+
+def sweep_dead_writers(path: Path) -> int:
+    """Remove temporary siblings of `path` left by writers on this host that no longer run (a
+    SIGKILL, an OOM kill): without this, every crash of a multi-GB stage leaves its size behind.
+    Writers on other hosts (a shared filesystem) and live ones are left alone. Returns how many."""
+    head = f"{TMP_PREFIX}{path.name}.{socket.gethostname()}-"
+    removed = 0
+    if not path.parent.is_dir():
+        return 0
+    for entry in path.parent.iterdir():
+        pid = entry.name[len(head):].split(".", 1)[0] if entry.name.startswith(head) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,6 +103,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as exc:
+        if out_of_space(exc) and not isinstance(exc, LingraftError):
+            raise no_space_error(path, exc) from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -71,7 +138,8 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: output already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent))
+    sweep_dead_writers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -83,6 +151,10 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as exc:
+        if out_of_space(exc) and not isinstance(exc, LingraftError):
+            raise no_space_error(path, exc) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.log import get_logger
+from lingraft.paths import safe_join
 
 if TYPE_CHECKING:
     import torch
@@ -211,7 +212,7 @@ def open_checkpoint(folder: str | Path, verify_checksums: bool = True) -> Checkp
         raise LingraftError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
     checksums = _expected_checksums(folder, index) if verify_checksums else {}
     tensors: dict[str, TensorInfo] = {}
-    shards = tuple(folder / name for name in shard_names)
+    shards = tuple(safe_join(folder, name, f"{folder / INDEX_FILE}: shard") for name in shard_names)
     for shard in shards:
         if not shard.is_file():
             raise LingraftError(f"{shard}: missing shard (listed in {INDEX_FILE})")

@@ -8,6 +8,7 @@ into a temporary folder that replaces `out` only when everything, manifest inclu
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from propagate.config import PropagateConfig
 from propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
 from propagate.vocabularies import (
     OutputVocabulary,
+    ResolvedTokenMap,
     check_siblings,
     output_vocabulary,
     resolve_token_map,
@@ -41,7 +43,7 @@ from propagate.vocabularies import (
 from vocabulary.embedding_init import padded_size
 from vocabulary.init_stage import write_config_files
 from vocabulary.loading import load_tokenizer
-from vocabulary.token_map import TokenMap
+from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 
 log = get_logger(__name__)
 
@@ -52,22 +54,26 @@ def _table_names(ckpt: Checkpoint) -> dict[str, str]:
     return {"input": names.input, **({"head": names.output} if names.output and not names.tied else {})}
 
 
-def _check_rows(table: torch.Tensor, tokens: int, role: str, folder: Path) -> None:
-    if table.shape[0] < tokens:
-        raise LingraftError(f"{folder}: the {role} table has {table.shape[0]} rows but the tokenizer "
-                            f"{tokens} tokens")
+def _check_tokenizer_fits(ckpt: Checkpoint, names: dict[str, str], tokens: int) -> None:
+    """A tokenizer with more tokens than the model has rows is the wrong one for it (a copied
+    folder, a tokenizer from a sibling): caught from the shard headers, before any table is read."""
+    for role, name in names.items():
+        rows = ckpt.tensors[name].shape[0]
+        if rows < tokens:
+            tokenizer = next((ckpt.folder / f for f in ("tokenizer.json", "tokenizer.model")
+                              if (ckpt.folder / f).exists()), ckpt.folder)
+            raise LingraftError(f"{tokenizer}: the tokenizer has {tokens} tokens but the model's {role} table "
+                                f"{rows} rows (the wrong tokenizer for this model?)")
 
 
 def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]],
-                     vocab: OutputVocabulary, fit_on: TokenMap | None, token_counts: dict[str, int]
+                     vocab: OutputVocabulary, fit_on: TokenMap | None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The output tables, keyed by I's tensor names, and each fit's summary."""
     out_tables, fits = {}, {}
     rows_needed = len(vocab.tokenizer)
     for kind, i_name in names["I"].items():
         read = {m: read_tensors(ckpts[m], [names[m][kind]])[names[m][kind]] for m in ("B", "A", "I")}
-        for m in ("B", "A", "I"):
-            _check_rows(read[m], token_counts[m], kind, ckpts[m].folder)
         clock = time.perf_counter()
         table, fit = propagate_table(cfg.method, read["A"], read["I"].dtype, fit_on, read["B"], read["I"])
         seconds = time.perf_counter() - clock
@@ -83,6 +89,15 @@ def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: 
     return out_tables, fits
 
 
+def write_token_map(resolved: ResolvedTokenMap, path: Path) -> None:
+    """A stored map is copied byte for byte: re-saving would reorder its safetensors metadata
+    (a hash map), and a rerun must give the same bytes. A rebuilt one is saved."""
+    if Path(resolved.source).is_file():
+        shutil.copyfile(resolved.source, path)
+    else:
+        resolved.token_map.save(path)
+
+
 def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -92,19 +107,23 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     ckpts = {m: open_checkpoint(f) for m, f in folders.items()}
     names = {m: _table_names(c) for m, c in ckpts.items()}
     toks = {m: load_tokenizer(f, cfg.trust_remote_code) for m, f in folders.items()}
+    for m in folders:
+        _check_tokenizer_fits(ckpts[m], names[m], len(toks[m]))
     check_siblings(toks["B"], toks["I"], cfg.instruct)
     vocab = output_vocabulary(folders["A"], toks["I"], cfg.trust_remote_code)
+    # A's token map goes into the output whatever the method, so later stages (training new
+    # rows, skill packs) know which rows of I's new vocabulary are new and how each was built.
+    resolved = resolve_token_map(cfg.token_map, folders["A"], toks["B"], toks["A"])
     fit_on, map_source = None, None
     if cfg.method == "overlap":
         new_ids, old_ids = shared_tokens(toks["B"], toks["A"])
         fit_on, map_source = selection_map(new_ids, old_ids, len(toks["B"])), f"{len(old_ids)} shared tokens"
     elif cfg.method == "conversion":
-        resolved = resolve_token_map(cfg.token_map, folders["A"], toks["B"], toks["A"])
         fit_on, map_source = resolved.token_map, resolved.source
     timings["prepare_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    tables, fits = propagate_tables(cfg, ckpts, names, vocab, fit_on, {m: len(t) for m, t in toks.items()})
+    tables, fits = propagate_tables(cfg, ckpts, names, vocab, fit_on)
     rows = tables[names["I"]["input"]].shape[0]
     tied_head = embedding_names(ckpts["I"]).output
     if "head" not in names["I"] and tied_head:   # tied, but the head is stored too: keep them equal
@@ -123,12 +142,13 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
         checksums = write_checkpoint(ckpts["I"], tmp, tables, int(cfg.max_shard_gb * 1e9))
         write_config_files(ckpts["I"], tmp, rows, toks["I"], vocab.tokenizer)
         vocab.tokenizer.save_pretrained(str(tmp))
+        write_token_map(resolved, tmp / TOKEN_MAP_NAME)
         timings["write_s"] = time.perf_counter() - clock
         metrics: dict[str, Any] = {
             "method": cfg.method, "fits": fits, "fit_rows_from": map_source, "rows": rows,
             "tokens": len(vocab.tokenizer), "instruct_rows_copied": len(vocab.instruct_rows),
-            "added_from_instruct": vocab.carried, "tied": "head" not in names["I"],
-            "bytes_written": sum(f.stat().st_size for f in tmp.glob("*.safetensors")),
+            "added_from_instruct": vocab.carried, "token_map": resolved.source, "tied": "head" not in names["I"],
+            "bytes_written": sum(f.stat().st_size for f in tmp.glob("model*.safetensors")),
             "largest_shard_bytes": ckpts["I"].largest_shard_bytes,
             "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
             "peak_rss_bytes": peak_rss_bytes(),

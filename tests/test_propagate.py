@@ -184,6 +184,20 @@ def test_output_keeps_instruct_special_tokens_and_generates(untied, converted):
     assert generated.shape[1] > ids.shape[1]
 
 
+def test_output_carries_the_token_map_of_the_new_rows(untied, converted):
+    from transformers import AutoTokenizer
+
+    from vocabulary.token_map import TokenMap
+    root, _ = untied
+    carried, adapted = TokenMap.load(converted), TokenMap.load(root / "A")
+    for field in ("indptr", "indices", "weights", "provenance"):
+        assert torch.equal(getattr(carried, field), getattr(adapted, field)), field
+    assert carried.new_vocab == len(AutoTokenizer.from_pretrained(str(root / "A")))
+    assert set(carried.provenance_counts()) - {"kept", "special"}     # it does say which rows are new
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert manifest["metrics"]["token_map"] == str(root / "A" / TOKEN_MAP_NAME)
+
+
 def test_swap_puts_the_adapted_tables_in_unchanged(untied):
     root, _ = untied
     out = propagate(root, "swap", "swap")

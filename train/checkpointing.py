@@ -24,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, write_json
+from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, out_of_space, write_json
+from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from train.dist import DistInfo, barrier
 
@@ -44,7 +45,10 @@ def step_name(step: int) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array travels as a tensor so the file loads with weights_only=True (no pickle).
+    kind, keys, *rest = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), *rest),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -52,7 +56,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -68,9 +73,15 @@ def save_checkpoint(out_dir: Path, step: int, dist: DistInfo, save_engine: Calla
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / ENGINE_DIR).mkdir(parents=True)
     barrier()
-    save_engine(tmp / ENGINE_DIR)
-    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    _gather_data_states(tmp, dist, trainer_state)
+    try:
+        save_engine(tmp / ENGINE_DIR)
+        torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+        _gather_data_states(tmp, dist, trainer_state)
+    except (OSError, RuntimeError) as exc:
+        if not _write_failure(exc):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)      # give the space back; the last checkpoint is untouched
+        raise _save_failed(out_dir, step, exc) from exc
     barrier()
     if dist.is_main:
         if final.exists():          # a re-run of the same step after a crash past the rename
@@ -81,6 +92,18 @@ def save_checkpoint(out_dir: Path, step: int, dist: DistInfo, save_engine: Calla
         _prune(root, keep_last)
     barrier()
     return final
+
+
+def _write_failure(exc: BaseException) -> bool:
+    """A failed write: an OSError, or torch's file writer failing (which drops the errno)."""
+    return isinstance(exc, OSError) or out_of_space(exc) or "inline_container" in str(exc)
+
+
+def _save_failed(out_dir: Path, step: int, exc: BaseException) -> LingraftError:
+    cause = "out of disk space" if out_of_space(exc) else str(exc).splitlines()[0][:200]
+    last = latest_checkpoint(out_dir)
+    return LingraftError(f"writing checkpoint {step_name(step)} failed ({cause}; is the disk full?). The last "
+                         f"good checkpoint is {last if last else 'none yet'}, intact: free space and rerun to resume")
 
 
 def _gather_data_states(tmp: Path, dist: DistInfo, trainer_state: dict[str, Any]) -> None:
@@ -112,7 +135,7 @@ def load_trainer_state(ckpt: Path, dist: DistInfo) -> dict[str, Any]:
         raise LingraftError(f"{ckpt}: written by {state['world_size']} ranks, resuming with {dist.world_size}; "
                             "exact resume needs the same world size (export and start a new run instead)")
     state["data"] = json.loads((ckpt / f"data_rank{dist.rank}.json").read_text())
-    set_rng_state(torch.load(ckpt / f"rng_rank{dist.rank}.pt", weights_only=False))
+    set_rng_state(torch.load(ckpt / f"rng_rank{dist.rank}.pt", weights_only=True))
     return state
 
 
