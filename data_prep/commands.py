@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from data_prep.clean_config import CleanStageConfig
 from data_prep.pack_config import PackConfig
+from data_prep.sft_config import SftPackConfig
 from lingraft.cli import Command
 
 COMMANDS: list = []
@@ -16,3 +17,8 @@ COMMANDS.append(Command(
     path=("prep", "clean"), config_cls=CleanStageConfig, runner="data_prep.clean_stage:run_clean",
     help="clean, deduplicate and mix text sources (by characters) into JSONL parts",
     aliases={"--source": "sources"}))
+
+COMMANDS.append(Command(
+    path=("prep", "sft"), config_cls=SftPackConfig, runner="data_prep.sft_pack:run_sft_pack",
+    help="render chat JSONL with the model's chat template into packed shards with an assistant-only loss mask",
+    aliases={"--in": "input"}))

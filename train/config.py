@@ -11,7 +11,7 @@ from typing import Literal
 
 from lingraft.config import require
 
-Trainable = Literal["embeddings", "new_rows", "full", "layers"]
+Trainable = Literal["embeddings", "new_rows", "full", "layers", "lora"]
 # local: one process, plain PyTorch; deepspeed: ZeRO 1/2/3; fsdp: PyTorch FSDP2 (`fully_shard`).
 Backend = Literal["local", "deepspeed", "fsdp"]
 
@@ -92,6 +92,52 @@ def parse_id_ranges(spec: str) -> list[tuple[int, int]]:
 
 
 @dataclass
+class AnchorConfig:
+    """loss = CE + weight * KL(p_model ‖ p_ref) against a frozen reference (train/anchor.py says where it applies)."""
+    weight: float = 0.0                      # 0: no anchor, no reference loaded
+    reference: Path | None = None            # default: `model` as it is before training
+    tokens: Literal["all", "shared"] = "all"  # all: same vocabulary; shared: tokens both vocabularies have
+    shared_ids: str | None = None            # tokens=shared: ids that kept their id, e.g. 0:49152
+    token_map: Path | None = None            # tokens=shared: default <model>/token_map.safetensors
+
+    def __post_init__(self) -> None:
+        require(self.weight >= 0 and self.weight != float("inf"), "anchor.weight", "must be finite and >= 0")
+        for key in ("shared_ids", "token_map"):
+            require(self.tokens == "shared" or getattr(self, key) is None, f"anchor.{key}",
+                    "only used with anchor.tokens=shared")
+        require(self.shared_ids is None or self.token_map is None, "anchor.shared_ids",
+                "give either shared_ids or token_map, not both")
+        if self.shared_ids is not None:
+            try:
+                parse_id_ranges(self.shared_ids)
+            except ValueError as exc:
+                require(False, "anchor.shared_ids", str(exc))
+
+
+@dataclass
+class LoraConfig:
+    """trainable=lora: low-rank adapters (peft) on `target_modules` of the chosen blocks (train/lora.py)."""
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    layers: list[int] | None = None    # block indexes, negative from the end ([0, -1]: first and last); None: all
+    train_tables: bool = False         # embeddings and LM head train in full alongside the adapters
+    keep_adapter: bool = True          # `lingraft export` also writes the un-merged adapter (<out>/adapter)
+
+    def __post_init__(self) -> None:
+        require(self.r > 0, "lora.r", "must be > 0")
+        require(self.alpha > 0, "lora.alpha", "must be > 0")
+        require(0 <= self.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        require(bool(self.target_modules), "lora.target_modules", "name at least one module (e.g. q_proj)")
+        require(self.layers is None or bool(self.layers), "lora.layers", "give block indexes, or leave unset for all")
+
+
+# Attention and MLP projections of Llama-family blocks (Llama, Mistral, Qwen, Gemma, SmolLM).
+LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
 class TrainConfig:
     model: Path = field(metadata={"help": "HF checkpoint folder (e.g. the output of `lingraft init`)"})
     data: Path = field(metadata={"help": "packed dataset folder (`lingraft prep pack`)"})
@@ -119,6 +165,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "max_steps", "must be > 0")

@@ -4,7 +4,9 @@ Every backend's checkpoint holds only what trained. The export therefore starts 
 base model named in the checkpoint and writes the trained tensors over it: whole
 parameters by name, and for new_rows the trained rows (``<table>.new``) into their
 vocabulary positions. This also covers ZeRO-1/2, whose `zero_to_fp32` reconstruction
-omits frozen weights: they are taken from the base checkpoint, bit for bit.
+omits frozen weights: they are taken from the base checkpoint, bit for bit. A LoRA run's
+adapters are injected into the base again (train/lora.py), loaded by name like any trained
+tensor, written un-merged to <out>/adapter when `lora.keep_adapter`, then merged.
 """
 from __future__ import annotations
 
@@ -84,15 +86,21 @@ def export(cfg: ExportConfig) -> Path:
     if not (base / "config.json").is_file():
         raise LingraftError(f"export: base model {base} (recorded in {ckpt}) is not available")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    from train.lora import apply_lora, export_lora, lora_from_meta
+    lora = lora_from_meta(meta)
+    if lora is not None:   # the same adapters as in training, so the trained tensors' names exist
+        apply_lora(model, lora)
     written = apply_trained(model, read_trained(ckpt, meta["backend"]), meta.get("new_token_ids"))
     with atomic_dir(cfg.out) as tmp:
+        lora_metrics = export_lora(model, lora, tmp, base) if lora is not None else {}
         model.save_pretrained(tmp)
         for name in _COPIED:
             if (base / name).is_file():
                 shutil.copy2(base / name, tmp / name)
         manifest = new_manifest("export", cfg)
         manifest.inputs = {"checkpoint": {"path": str(ckpt), "step": state["step"]}, "base_model": {"path": str(base)}}
-        manifest.metrics = {"trained_tensors": written, "trainable": meta["trainable"], "backend": meta["backend"]}
+        manifest.metrics = {"trained_tensors": written, "trainable": meta["trainable"], "backend": meta["backend"],
+                            **lora_metrics}
         manifest.write(tmp)
     log.info("exported %s (step %d, %d trained tensors) to %s", ckpt, state["step"], written, cfg.out)
     return Path(cfg.out)

@@ -57,7 +57,8 @@ def _peak_memory_gib(runtime: Runtime) -> float:
 def run_meta(cfg: TrainConfig, split) -> dict:
     return {"base_model": str(Path(cfg.model).resolve()), "trainable": cfg.trainable, "backend": cfg.backend,
             "zero_stage": cfg.zero_stage, "vocab_size": int(split.vocab_size) if split is not None else None,
-            "new_token_ids": split.new_ids.tolist() if split is not None else None}
+            "new_token_ids": split.new_ids.tolist() if split is not None else None,
+            "lora": to_dict(cfg.lora) if cfg.trainable == "lora" else None}
 
 
 def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> Path:
@@ -118,7 +119,7 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
             flops = training_flops_per_token(shape, plan, attended if cfg.doc_mask else (micro[0]["input_ids"].shape[1] + 1) / 2)
             row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                    "tokens_per_s": tokens * dist.world_size / elapsed, "step_time_s": elapsed,
-                   "peak_mem_gib": _peak_memory_gib(runtime)}
+                   "peak_mem_gib": _peak_memory_gib(runtime), **result.metrics}
             utilisation = mfu(tokens / elapsed, flops, peak)
             if utilisation is not None:
                 row["mfu"] = utilisation

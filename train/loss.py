@@ -1,18 +1,23 @@
 """Forward pass and loss of one micro-batch, shared by every backend."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from train.attention import attention_inputs
 
+if TYPE_CHECKING:
+    from train.anchor import Anchor
+
 IGNORE = -100
 
 
 def micro_batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], attention: str,
-                     doc_mask: bool) -> torch.Tensor:
-    """Mean next-token cross-entropy over the micro-batch's target tokens.
+                     doc_mask: bool, anchor: Anchor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the micro-batch's target tokens (+ the anchor's weighted KL).
 
     The packed samples carry labels already shifted by one (sample = seq_len + 1 tokens),
     so logits and labels line up position by position. The loss is computed here, in
@@ -23,4 +28,7 @@ def micro_batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], attention
     labels = batch["labels"].flatten()
     total = F.cross_entropy(logits.flatten(0, 1).float(), labels, ignore_index=IGNORE, reduction="sum")
     # A micro-batch whose targets are all masked contributes 0, not 0/0 = NaN.
-    return total / (labels != IGNORE).sum().clamp(min=1)
+    ce = total / (labels != IGNORE).sum().clamp(min=1)
+    if anchor is None:
+        return ce
+    return ce + anchor.penalty(logits, batch, inputs)   # CE + weight * KL(p_model ‖ p_ref), train/anchor.py

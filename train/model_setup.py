@@ -109,6 +109,10 @@ def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
     if cfg.trainable == "full":
         model.requires_grad_(True)
         return None
+    if cfg.trainable == "lora":
+        from train.lora import apply_lora
+        apply_lora(model, cfg.lora)     # in place: adapters (and tables, if asked) are all that trains
+        return None
     model.requires_grad_(False)
     if cfg.trainable == "new_rows":
         vocab = model.get_input_embeddings().num_embeddings

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +18,7 @@ class StepResult:
     loss: float               # mean over micro-batches and ranks
     grad_norm: float | None   # global L2 norm before clipping
     lr: float
+    metrics: dict[str, float] = field(default_factory=dict)   # extra per-step numbers to log (anchor: kl, ce)
 
 
 class NonFiniteLoss(LingraftError):

@@ -6,17 +6,19 @@ frozen weights out; they come from the base model on resume and export.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from train.anchor import build_anchor
 from train.backends.base import StepResult, global_mean_loss
 from train.config import TrainConfig
 from train.dist import DistInfo, skip_deepspeed_shm_build
 from train.ds_config import fill_ds_config
 from train.loss import micro_batch_loss
-from train.model_setup import Runtime
+from train.model_setup import Runtime, weights_dtype
 from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
 TAG = "zero"
@@ -32,21 +34,24 @@ class DeepSpeedBackend:
             model=model, optimizer=build_optimizer(model, cfg.optim), config=ds_config,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.max_steps), dist_init_required=False)
         self.model = self.engine.module
+        self.anchor = build_anchor(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
+                                   runtime.attention, wrap=lambda ref: wrap_reference(ref, ds_config))
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         losses = []
         last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
-            loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask)
+            loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask, anchor=self.anchor)
             self.engine.backward(loss)        # scales by 1/gradient_accumulation_steps itself
             losses.append(loss.detach())
             if i < last:
                 self.engine.step()            # not a boundary: only advances DeepSpeed's counters
         mean_loss = global_mean_loss(losses, self.runtime.device)   # raises before the update on NaN/inf
+        metrics = self.anchor.step_metrics(mean_loss, self.runtime.device) if self.anchor else {}
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return StepResult(loss=mean_loss, grad_norm=None if norm is None else float(norm), lr=lr)
+        return StepResult(loss=mean_loss, grad_norm=None if norm is None else float(norm), lr=lr, metrics=metrics)
 
     def optimizer_state_bytes(self) -> int:
         inner = getattr(self.optimizer, "optimizer", self.optimizer)   # ZeRO wraps the client AdamW
@@ -61,6 +66,19 @@ class DeepSpeedBackend:
         if path is None:
             from lingraft.errors import LingraftError
             raise LingraftError(f"{folder}: no DeepSpeed checkpoint to resume from")
+
+
+def wrap_reference(reference: nn.Module, ds_config: dict) -> nn.Module:
+    """The anchor's frozen reference held like the trained model: under ZeRO-3 a ZeRO-3 engine
+    without optimizer partitions it across ranks (the layout TRL uses for reference models);
+    ZeRO-1/2 replicate parameters anyway, so the plain module is kept."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return reference
+    import deepspeed
+    # A copy: DeepSpeed writes into the dict it is given.
+    engine, *_ = deepspeed.initialize(model=reference, config=copy.deepcopy(ds_config), dist_init_required=False)
+    engine.eval()
+    return engine
 
 
 def read_trainable_state(engine_dir: Path) -> dict[str, torch.Tensor]:

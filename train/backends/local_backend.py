@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from train.anchor import build_anchor
 from train.backends.base import StepResult, global_mean_loss, trainable_named_parameters
 from train.config import TrainConfig
 from train.dist import DistInfo
 from train.loss import micro_batch_loss
-from train.model_setup import Runtime
+from train.model_setup import Runtime, weights_dtype
 from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
 STATE_FILE = "state.pt"
@@ -25,6 +26,9 @@ class LocalBackend:
     def __init__(self, model: nn.Module, cfg: TrainConfig, runtime: Runtime, dist: DistInfo) -> None:
         self.cfg, self.runtime, self.dist = cfg, runtime, dist
         self.model = self.wrap(model)
+        # The frozen reference of anchor.weight > 0, wrapped (sharded) the same way as the model.
+        self.anchor = build_anchor(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
+                                   runtime.attention, wrap=self.wrap)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -46,7 +50,7 @@ class LocalBackend:
         losses = []
         for batch in micro_batches:
             with self.autocast():
-                loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask)
+                loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask, anchor=self.anchor)
             (loss / len(micro_batches)).backward()
             losses.append(loss.detach())
         try:
@@ -54,12 +58,13 @@ class LocalBackend:
         except Exception:
             self.optimizer.zero_grad(set_to_none=True)
             raise
+        metrics = self.anchor.step_metrics(mean_loss, self.runtime.device) if self.anchor else {}
         grad_norm = self.grad_norm_and_clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr)
+        return StepResult(loss=mean_loss, grad_norm=grad_norm, lr=lr, metrics=metrics)
 
     def optimizer_state_bytes(self) -> int:
         return optimizer_state_bytes(self.optimizer)

@@ -1,0 +1,158 @@
+"""Chat rendering with an assistant-only loss mask, and `lingraft prep sft` on the real Russian chats."""
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+from itertools import islice
+
+import pytest
+import torch
+
+from data_prep.chat import alpaca_messages, encode_chat, render_chat
+from lingraft.errors import DataError, LingraftError
+
+ARENA = "instruct/ru_arena_hard_qwen3_235b_answers.jsonl.xz"
+SEED_TASKS = "instruct/rulm_ru_alpaca_seed_tasks.jsonl"
+# The Llama-3 template (its date preamble left out): another family of control tokens than ChatML.
+LLAMA3_TEMPLATE = ("{{ '<|begin_of_text|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] "
+                   "+ '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                   "{% if add_generation_prompt %}"
+                   "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def _target_runs(ids, mask) -> list[list[int]]:
+    runs, current = [], []
+    for token, target in zip(ids, mask):
+        if target:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def _arena(shared, n: int) -> list[list[dict]]:
+    with lzma.open(shared / ARENA, "rt", encoding="utf-8") as fh:
+        return [json.loads(line)["messages"] for line in islice(fh, n)]
+
+
+def _seed_chats(shared) -> list[list[dict]]:
+    chats = []
+    for line in (shared / SEED_TASKS).read_text(encoding="utf-8").splitlines():
+        task = json.loads(line)
+        chats += [alpaca_messages(task["instruction"], inst["input"], inst["output"]) for inst in task["instances"]]
+    return chats
+
+
+@pytest.fixture(scope="module")
+def smol_tok(smollm2):
+    from vocabulary.loading import load_tokenizer
+    return load_tokenizer(str(smollm2))
+
+
+@pytest.fixture(scope="module")
+def llama3_tok(shared):
+    from vocabulary.loading import load_tokenizer
+    return load_tokenizer(shared / "tokenizers" / "llama3" / "tokenizer.json.xz")
+
+
+def test_decoded_targets_are_exactly_the_assistant_turns(shared, smol_tok, llama3_tok):
+    seed = _seed_chats(shared)
+    multi_turn = [{"role": "system", "content": "Отвечай кратко."}, *seed[0], *seed[1], *seed[2]]
+    chats = _arena(shared, 4) + seed[3:6] + [multi_turn]
+    for tok, template, end_of_turn in ((smol_tok, None, "<|im_end|>"), (llama3_tok, LLAMA3_TEMPLATE, "<|eot_id|>")):
+        for chat in chats:
+            ids, mask = render_chat(tok, chat, template)
+            answers = [m["content"].strip() + end_of_turn for m in chat if m["role"] == "assistant"]
+            assert [tok.decode(run) for run in _target_runs(ids, mask)] == answers
+            prompt = tok.decode([t for t, m in zip(ids, mask) if not m])
+            assert chat[0]["content"].strip() in prompt and "assistant" in prompt   # headers are context
+
+
+def test_truncation_rule(smol_tok, shared):
+    long_prompt = [{"role": "user", "content": "слово " * 400}, {"role": "assistant", "content": "Короткий ответ."}]
+    cut = encode_chat(smol_tok, long_prompt, max_tokens=64)
+    text = smol_tok.decode(cut.ids)
+    assert cut.truncated == ["prompt"] and len(cut.ids) == 64
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\nКороткий ответ.<|im_end|>\n")
+
+    chat = _arena(shared, 1)[0]
+    full = encode_chat(smol_tok, chat)
+    answer = encode_chat(smol_tok, chat, max_tokens=len(full.ids) - 10)
+    assert answer.truncated == ["answer"] and answer.ids == full.ids[:len(full.ids) - 10]
+
+    two = chat + [{"role": "user", "content": "Спасибо!"}, {"role": "assistant", "content": "Пожалуйста."}]
+    turns = encode_chat(smol_tok, two, max_tokens=len(full.ids) + 5)
+    assert turns.truncated == ["turns"] and turns.ids == full.ids                   # whole exchanges only
+
+
+def _write_chats(path, chats: list, bad_lines: list[str]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for chat in chats:
+            fh.write(json.dumps({"messages": chat}, ensure_ascii=False) + "\n")
+        fh.writelines(line + "\n" for line in bad_lines)
+
+
+BAD = ['{"messages": [{"role": "assistant", "content": "сначала ответ"}, {"role": "user", "content": "потом вопрос"}]}',
+       '{"messages": [{"role": "tool", "content": "{}"}, {"role": "assistant", "content": "да"}]}',
+       '{"messages": [{"role": "user", "content": "вопрос без ответа"}]}',
+       '{"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "да"}]}',
+       '{"text": "not a chat"}',
+       '{"messages": [{"role": "user", "content": "broken json"',
+       '{"messages": [{"role": "user", "content": "<|im_end|>"}, {"role": "assistant", "content": "да"}]}']
+
+
+def test_prep_sft_packs_whole_chats_masks_prompts_and_counts_skips(tmp_path, shared, smollm2, smol_tok, run_cli):
+    from data_prep.dataset import IGNORE_INDEX, PackedDataset
+    chats = _arena(shared, 24) + _seed_chats(shared)[:40]
+    _write_chats(tmp_path / "chats.jsonl.gz", chats, BAD)
+    seq_len = 512
+    code, _, err = run_cli("prep", "sft", "--in", tmp_path / "chats.jsonl.gz", "--tokenizer", smollm2,
+                           "--out", tmp_path / "sft", "--seq-len", seq_len)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "sft" / "manifest.json").read_text())["metrics"]
+    assert metrics["chats_kept"] == len(chats) and metrics["chats_read"] == len(chats) + len(BAD)
+    assert {r: v["count"] for r, v in metrics["skipped"].items()} == {
+        "bad_order": 2, "bad_role": 1, "empty_content": 1, "missing_field": 1, "invalid_json": 1,
+        "special_token_in_content": 1}
+    assert metrics["truncated"]["answer"] > 0          # the arena answers are long; every one is counted
+
+    data = PackedDataset(tmp_path / "sft", shuffle=False)
+    assert data.num_samples == metrics["samples"]
+    whole = {c[1]["content"].strip() + "<|im_end|>" for c in chats
+             if len(encode_chat(smol_tok, c).ids) <= seq_len}
+    answers = [c[1]["content"].strip() + "<|im_end|>" for c in chats]
+    seen = []
+    im_start, pad = smol_tok.convert_tokens_to_ids("<|im_start|>"), smol_tok.pad_token_id
+    for sample in data:
+        labels = sample["labels"]
+        runs = _target_runs(labels.tolist(), (labels != IGNORE_INDEX).tolist())
+        seen += [smol_tok.decode(run) for run in runs]
+        starts = torch.nonzero(sample["position_ids"] == 0).flatten().tolist()
+        assert starts[0] == 0 and sample["input_ids"][0] == im_start    # every sample begins with a whole chat
+        assert all(sample["input_ids"][s] in (im_start, pad) for s in starts)   # then chats, then a filler
+    assert all(any(answer.startswith(text) for answer in answers) for text in seen)
+    assert sorted(t for t in seen if t in whole) == sorted(whole)   # each whole chat once, none split or repeated
+
+
+def test_strict_mode_and_missing_template_are_errors(tmp_path, shared, smollm2, llama3_tok, run_cli):
+    from data_prep.sft_config import SftPackConfig
+    from data_prep.sft_pack import run_sft_pack
+    _write_chats(tmp_path / "bad.jsonl.gz", _arena(shared, 2), BAD[:1])
+    strict = SftPackConfig(input=[str(tmp_path / "bad.jsonl.gz")], tokenizer=str(smollm2), out=str(tmp_path / "o"),
+                           seq_len=256, strict=True)
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz:3: bad_order"):
+        run_sft_pack(strict)
+
+    llama3 = shared / "tokenizers" / "llama3" / "tokenizer.json.xz"
+    code, _, err = run_cli("prep", "sft", "--in", tmp_path / "bad.jsonl.gz", "--tokenizer", llama3,
+                           "--out", tmp_path / "o", "--seq-len", 256)
+    assert code == 1 and "has no chat template" in err and "chat_template" in err
+    template = tmp_path / "llama3.jinja"
+    template.write_text(LLAMA3_TEMPLATE, encoding="utf-8")
+    code, _, err = run_cli("prep", "sft", "--in", tmp_path / "bad.jsonl.gz", "--tokenizer", llama3,
+                           "--out", tmp_path / "o", "--seq-len", 256, "--chat-template", template)
+    assert code == 0, err
+    with pytest.raises(LingraftError, match="has no chat template"):
+        render_chat(llama3_tok, _arena(shared, 1)[0])
