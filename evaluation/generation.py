@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 class Generation:
     text: str            # the decoded answer, special tokens removed
     tokens: int          # generated tokens, the stop token included
+    stopped: bool = False   # ended at a stop token (False: cut at its max_new_tokens)
 
 
 def chat_prompt_ids(tokenizer: "PreTrainedTokenizerFast", user_message: str) -> list[int]:
@@ -71,10 +72,9 @@ def generate_greedy(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerFas
                              temperature=None, top_p=None, top_k=None)
         for row, i in enumerate(batch):
             new = out[row, width:width + caps[i]].tolist()
-            if not ignore_eos:
-                cut = next((k for k, t in enumerate(new) if t in stops), None)
-                new = new if cut is None else new[:cut + 1]
-            results[i] = Generation(tokenizer.decode(new, skip_special_tokens=True), len(new))
+            cut = None if ignore_eos else next((k for k, t in enumerate(new) if t in stops), None)
+            new = new if cut is None else new[:cut + 1]
+            results[i] = Generation(tokenizer.decode(new, skip_special_tokens=True), len(new), cut is not None)
     return results  # type: ignore[return-value]
 
 

@@ -1,0 +1,51 @@
+"""Copy tasks: corpus passages turned into "repeat this text" chats (LEP self-calibration).
+
+Answering its own prompts teaches the propagated model to produce the instruct model's
+answers in the new tokenization; copy tasks add plain text of the new language, so the
+model also learns to reproduce arbitrary text token for token through the new vocabulary.
+The phrasings come from the config (the language preset by default), never from this code.
+"""
+from __future__ import annotations
+
+import random
+from itertools import islice
+from typing import Any
+
+from data_prep.readers import iter_texts
+from data_prep.records import DropLog
+from evaluation.copy_task import paragraphs_of
+from lingraft.errors import LingraftError
+from propagate.calibrate_config import CopyConfig
+
+
+def sample_passages(cfg: CopyConfig, seed: int, drops: DropLog) -> list[str]:
+    """Up to `cfg.count` distinct paragraph-sized passages, drawn uniformly (reservoir sampling)
+    from the first `cfg.max_candidates` passages of the corpus, returned in corpus order."""
+    assert cfg.corpus is not None
+    rng = random.Random(seed)
+    candidates = paragraphs_of(iter_texts(cfg.corpus, cfg.text_field, drops=drops), cfg.min_chars, cfg.max_chars)
+    seen: set[str] = set()
+    reservoir: list[tuple[int, str]] = []
+    for index, passage in enumerate(islice(candidates, cfg.max_candidates)):
+        if passage in seen:
+            continue
+        seen.add(passage)
+        if len(reservoir) < cfg.count:
+            reservoir.append((index, passage))
+        else:
+            slot = rng.randrange(len(seen))
+            if slot < cfg.count:
+                reservoir[slot] = (index, passage)
+    if not reservoir:
+        raise LingraftError(f"{cfg.corpus}: no passages of {cfg.min_chars}-{cfg.max_chars} characters "
+                            f"in field {cfg.text_field!r} for copy tasks")
+    return [passage for _, passage in sorted(reservoir)]
+
+
+def copy_examples(passages: list[str], phrasings: list[str], seed: int) -> list[dict[str, Any]]:
+    """One chat per passage: a randomly chosen phrasing asks to repeat it, the answer is the passage."""
+    rng = random.Random(seed)
+    return [{"id": f"copy:{i}", "source": "copy",
+             "messages": [{"role": "user", "content": rng.choice(phrasings).replace("{text}", text)},
+                          {"role": "assistant", "content": text}]}
+            for i, text in enumerate(passages)]

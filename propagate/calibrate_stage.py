@@ -1,0 +1,167 @@
+"""`lingraft calibrate`: LEP self-calibration of a propagated model.
+
+    generate  the original instruct model answers the prompts greedily (resumable:
+              <out>/generations.jsonl, see calibrate_generate)
+    filter    empty, truncated, looping and wrong-script answers go, then an optional judge
+              (<out>/rejected.jsonl keeps them with their reason)
+    copy      corpus passages become "repeat this text" chats
+    write     <out>/calibration.jsonl: one `messages` chat per line, answers and copy tasks
+              shuffled together
+    train     pack with `prep sft`, fine-tune with LoRA (the paper's r=8, alpha=1, lr 2.5e-5
+              on the first and last blocks, tables in full), export to <out>/model
+
+A rerun after a kill resumes generation where it stopped and redoes the cheap steps;
+the training run resumes from its own checkpoints (so after changing filters or copy
+settings, delete <out>/train). manifest.json, written last, counts every prompt and answer
+dropped, by reason. A config, e.g.:
+
+    instruct: models/instruct            # answers the prompts
+    model: runs/propagated               # fine-tuned on the answers
+    out: runs/calibrate
+    prompts:
+      - {path: rulm_ru_alpaca_seed_tasks.jsonl, id_field: id, input_field: instances.0.input}
+      - {path: ru_arena_hard_qwen3_235b_answers.jsonl.xz, prompt_field: messages.0.content}
+    generation: {max_new_tokens: 1024, batch_size: 512}
+    copy: {corpus: ruslit.jsonl.xz, count: 500}
+"""
+from __future__ import annotations
+
+import gc
+import json
+import random
+import time
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+from data_prep.records import DropLog
+from lingraft.atomic import atomic_open, clean_stale_tmp
+from lingraft.checkpoint import resolve_model
+from lingraft.errors import LingraftError
+from lingraft.log import get_logger
+from lingraft.manifest import new_manifest
+from propagate.calibrate_config import CalibrateConfig
+from propagate.calibrate_copy import copy_examples, sample_passages
+from propagate.calibrate_filters import filter_answers
+from propagate.calibrate_generate import (
+    GENERATIONS,
+    backend_name,
+    fit_prompts,
+    generate_resumable,
+    model_context,
+    open_backend,
+    prompt_budget,
+    prompts_fingerprint,
+)
+from propagate.calibrate_prompts import load_prompts
+
+log = get_logger(__name__)
+
+CALIBRATION = "calibration.jsonl"
+REJECTED = "rejected.jsonl"
+
+
+def generation_params(cfg: CalibrateConfig, folder: Path, backend: str, budget: int, fingerprint: str) -> dict:
+    """What decides the answers; stored with every generated record and checked on resume."""
+    g = cfg.generation
+    return {"model": str(folder.resolve()), "backend": backend, "decoding": "greedy", "dtype": g.dtype,
+            "max_new_tokens": g.max_new_tokens, "max_prompt_tokens": budget, "long_prompts": g.long_prompts,
+            "batch_size": g.batch_size, "seed": cfg.seed, "prompts_sha256": fingerprint}
+
+
+def answer_chat(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"id": rec["id"], "source": rec["source"],
+            "messages": [{"role": "user", "content": rec["prompt"]},
+                         {"role": "assistant", "content": rec["answer"].strip()}]}
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with atomic_open(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def release_accelerator_memory() -> None:
+    """The generating model is gone by now; give its memory back before training starts."""
+    gc.collect()
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_calibrate(cfg: CalibrateConfig) -> Path:
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out)
+    for path in [p.path for p in cfg.prompts] + ([cfg.copy.corpus] if cfg.copy.corpus else []):
+        if not Path(path).exists():   # found now, not after hours of generation
+            raise LingraftError(f"{path}: no such file or folder")
+    if cfg.train.enabled:   # a bad train setting fails now, not after hours of generation
+        from propagate.calibrate_train import train_config
+        train_config(cfg, out, cfg.train.max_steps or 1)
+
+    # generate
+    prompt_drops = DropLog()
+    prompts = load_prompts(cfg.prompts, prompt_drops)
+    folder = resolve_model(cfg.instruct)
+    from vocabulary.loading import load_tokenizer
+    tokenizer = load_tokenizer(folder, cfg.generation.trust_remote_code)
+    budget = prompt_budget(cfg.generation, model_context(folder, cfg.generation.trust_remote_code))
+    fitted, truncated = fit_prompts(prompts, tokenizer, budget, cfg.generation.long_prompts, prompt_drops)
+    backend = backend_name(cfg.generation)
+    params = generation_params(cfg, folder, backend, budget, prompts_fingerprint(fitted))
+    run = generate_resumable(fitted, lambda: open_backend(backend, folder, cfg.generation, cfg.seed),
+                             out / GENERATIONS, params, cfg.generation.batch_size, cfg.generation.max_new_tokens)
+    release_accelerator_memory()
+
+    # filter
+    answer_drops = DropLog()
+    kept, rejected = filter_answers(run.records, cfg.script, cfg.scripts(), cfg.loop, cfg.judge, answer_drops)
+    write_jsonl(out / REJECTED, rejected)
+
+    # copy tasks
+    copy_drops = DropLog()
+    copies: list[dict[str, Any]] = []
+    if cfg.copy.corpus is not None:
+        copies = copy_examples(sample_passages(cfg.copy, cfg.seed, copy_drops), cfg.copy_phrasings(), cfg.seed)
+        if len(copies) < cfg.copy.count:
+            log.warning("copy tasks: the corpus gave %d passages of %d-%d characters, fewer than copy.count=%d",
+                        len(copies), cfg.copy.min_chars, cfg.copy.max_chars, cfg.copy.count)
+
+    examples = [answer_chat(r) for r in kept] + copies
+    random.Random(cfg.seed).shuffle(examples)
+    if not examples:
+        raise LingraftError(f"calibrate: every answer was dropped ({dict(answer_drops.counts)}) and no copy "
+                            "corpus is set; nothing to train on")
+    write_jsonl(out / CALIBRATION, examples)
+    log.info("calibration data: %d answers kept of %d (dropped %s), %d copy tasks -> %s", len(kept),
+             len(run.records), dict(answer_drops.counts), len(copies), out / CALIBRATION)
+
+    metrics: dict[str, Any] = {
+        "prompts_usable": len(prompts), "prompts_dropped": prompt_drops.to_json(),
+        "prompts_truncated": truncated, "prompt_token_budget": budget,
+        "answers_generated": len(run.records), "answers_kept": len(kept), "answers_dropped": answer_drops.to_json(),
+        "answer_tokens_mean": round(fmean(r["answer_tokens"] for r in run.records), 2),
+        "generation_batches": run.batches, "generation_batches_resumed": run.batches_resumed,
+        "generation_new_tokens": run.new_tokens, "generation_seconds": round(run.seconds, 3),
+        "generation_tokens_per_s": round(run.new_tokens / run.seconds, 2) if run.seconds else None,
+        "copy_examples": len(copies), "copy_corpus_dropped": copy_drops.to_json(),
+        "calibration_examples": len(examples),
+    }
+    outputs: dict[str, Any] = {"generations": GENERATIONS, "calibration": CALIBRATION, "rejected": REJECTED}
+    if cfg.train.enabled:
+        from propagate.calibrate_train import run_training
+        metrics["train"] = run_training(cfg, out / CALIBRATION)
+        outputs["model"] = metrics["train"]["model"]
+    metrics["seconds"] = round(time.perf_counter() - started, 3)
+
+    inputs: dict[str, Any] = {"instruct": folder, **{f"prompts.{p.name}": p.path for p in cfg.prompts}}
+    if cfg.train.enabled:
+        inputs["model"] = cfg.model
+    if cfg.copy.corpus is not None:
+        inputs["copy_corpus"] = cfg.copy.corpus
+    manifest = new_manifest("calibrate", cfg, inputs=inputs)
+    manifest.outputs, manifest.metrics = outputs, metrics
+    manifest.write(out)
+    return out

@@ -1,0 +1,78 @@
+"""The training step of `lingraft calibrate`: pack the calibration chats, fine-tune, export.
+
+Nothing here trains by itself: the chats go through `lingraft prep sft` (assistant-only loss
+mask), the run through `lingraft train` with trainable=lora (in this process for the local
+backend, else through its launcher, so every backend works), and the result through
+`lingraft export`, which merges the adapters.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from lingraft.config import ConfigError, build_config
+from lingraft.log import get_logger
+from propagate.calibrate_config import CalibrateConfig
+
+log = get_logger(__name__)
+
+SFT_DIR, RUN_DIR, MODEL_DIR = "sft", "train", "model"
+
+
+def train_config(cfg: CalibrateConfig, data: Path, max_steps: int) -> Any:
+    """The TrainConfig of the fine-tuning run: the calibrate settings, then `train.overrides` on top."""
+    from train.config import TrainConfig
+    t = cfg.train
+    tree: dict[str, Any] = {
+        "model": cfg.model, "data": str(data), "out_dir": str(Path(cfg.out) / RUN_DIR), "max_steps": max_steps,
+        "backend": t.backend, "trainable": "lora", "micro_batch_size": t.micro_batch_size,
+        "grad_accum_steps": t.grad_accum_steps, "seed": cfg.seed,
+        "lora": {"r": t.lora_r, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "layers": list(t.lora_layers),
+                 "train_tables": t.train_tables},
+        "optim": {"lr": t.lr, "warmup_steps": min(t.warmup_steps, max_steps)},
+    }
+    try:
+        return build_config(TrainConfig, overrides=tree, dotted=[f"{k}={v}" for k, v in t.overrides.items()])
+    except ConfigError as exc:
+        raise ConfigError(f"train (the fine-tuning run's TrainConfig): {exc}") from None
+
+
+def steps_for(samples: int, train_cfg: Any, epochs: float) -> int:
+    """Optimizer steps that show every packed sample `epochs` times across all ranks."""
+    from train.launcher import world_size
+    per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * world_size(train_cfg)
+    return max(1, math.ceil(epochs * samples / per_step))
+
+
+def launch(run_cfg: Any) -> None:
+    """One local process trains right here; anything else goes through `lingraft train`'s launcher."""
+    from train.launcher import launcher_for, preflight
+    from train.launcher import run as launch_training
+    if launcher_for(run_cfg) == "none":
+        from train.loop import train
+        preflight(run_cfg)
+        train(run_cfg)
+    else:
+        launch_training(run_cfg)
+
+
+def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
+    """Pack, train and export; returns what the manifest reports about it."""
+    from data_prep.sft_config import SftPackConfig
+    from data_prep.sft_pack import run_sft_pack
+    from lingraft.manifest import read_manifest
+    from train.export import ExportConfig, export
+
+    out = Path(cfg.out)
+    sft = run_sft_pack(SftPackConfig(input=[str(calibration)], tokenizer=cfg.model, out=str(out / SFT_DIR),
+                                     seq_len=cfg.train.seq_len))
+    packed = read_manifest(sft)["metrics"]
+    steps = cfg.train.max_steps or steps_for(packed["samples"], train_config(cfg, sft, 1), cfg.train.epochs)
+    run_cfg = train_config(cfg, sft, steps)
+    log.info("calibration fine-tuning: %d steps over %d packed samples", steps, packed["samples"])
+    launch(run_cfg)
+    model = export(ExportConfig(checkpoint=Path(run_cfg.out_dir), out=out / MODEL_DIR))
+    return {"sft": str(sft), "run": str(run_cfg.out_dir), "model": str(model), "max_steps": steps,
+            "packed_samples": packed["samples"], "packed_chats": packed["chats_kept"],
+            "packed_chats_skipped": packed["skipped"], "target_tokens": packed["target_tokens"]}
