@@ -25,3 +25,39 @@ COMMANDS.append(Command(
 COMMANDS.append(Command(
     path=("generate",), config_cls=GenerateConfig, runner="propagate.generate:run_generate",
     help="generate from a Hydra model (--head picks the output language) or a plain Hugging Face model"))
+
+# Self-calibration: the instruct model's own answers + copy tasks -> LoRA fine-tune of the propagated model
+from propagate.calibrate_config import CalibrateConfig  # noqa: E402
+
+COMMANDS.append(Command(
+    path=("calibrate",), config_cls=CalibrateConfig, runner="propagate.calibrate_stage:run_calibrate",
+    help="LEP self-calibration: the instruct model answers prompts (resumable), bad answers are filtered, "
+         "copy tasks added, and the propagated model is fine-tuned on the result",
+    aliases={"--prompt-file": "prompts"}))
+
+# Skill packs: tuned − base as compressed, composable deltas (GraftLLM)
+from propagate.skillpack_config import (  # noqa: E402
+    SkillpackApplyConfig,
+    SkillpackCreateConfig,
+    SkillpackInspectConfig,
+    SkillpackVerifyConfig,
+)
+
+COMMANDS.append(Command(
+    path=("skillpack", "create"), config_cls=SkillpackCreateConfig, runner="propagate.skillpack_stage:run_create",
+    help="store tuned − base as a skill pack: energy-truncated SVD with int8/int4 bands for matrices, "
+         "changed rows (or a new vocabulary's tables and token map) for embeddings",
+    aliases={"--beta": "energy"}))
+
+COMMANDS.append(Command(
+    path=("skillpack", "apply"), config_cls=SkillpackApplyConfig, runner="propagate.skillpack_apply:run_apply",
+    help="rebuild a tuned model: apply one or more skill packs, in order, to a model",
+    aliases={"--pack": "packs"}))
+
+COMMANDS.append(Command(
+    path=("skillpack", "verify"), config_cls=SkillpackVerifyConfig, runner="propagate.skillpack_stage:run_verify",
+    help="each module's relative reconstruction error and size against the dense delta"))
+
+COMMANDS.append(Command(
+    path=("skillpack", "inspect"), config_cls=SkillpackInspectConfig, runner="propagate.skillpack_stage:run_inspect",
+    help="show a skill pack's manifest: base, policies, ranks, bits and sizes"))
