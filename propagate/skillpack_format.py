@@ -37,6 +37,7 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.log import progress
 from lingraft.manifest import MANIFEST_NAME
+from lingraft.paths import require_inside
 from propagate.skillpack_math import (
     FLOAT_DTYPES,
     INT_BITS,
@@ -233,7 +234,7 @@ class SkillPack:
 
     def _verify_files(self) -> None:
         for rel, expected in self.files.items():
-            path = self.folder / rel
+            path = require_inside(self.folder / rel, self.folder, f"{MANIFEST_NAME} lists file")
             if not path.is_file():
                 raise LingraftError(f"{path}: missing skill pack file (listed in {MANIFEST_NAME})")
             if sha256_file(path) != expected:

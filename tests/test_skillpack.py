@@ -263,6 +263,12 @@ def test_corrupted_pack_is_detected(exact_pack, family, run_cli, tmp_path):
                     ["apply", "--base", family / "base", "--pack", broken, "--out", tmp_path / "never"]):
         code, _, err = run_cli("skillpack", *command)
         assert code == 1 and f"{broken / 'pack.safetensors'}: corrupt skill pack file" in err
+    shutil.copy(exact_pack / "pack.safetensors", broken / "pack.safetensors")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["outputs"]["files"]["../../etc/passwd"] = "0" * 64      # a manifest must not point outside
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli("skillpack", "inspect", "--pack", broken)
+    assert code == 1 and "is outside" in err and "etc/passwd" in err
     (broken / "manifest.json").unlink()
     code, _, err = run_cli("skillpack", "inspect", "--pack", broken)
     assert code == 1 and f"{broken / 'manifest.json'}: missing" in err
