@@ -14,7 +14,7 @@ import lzma
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Literal
+from typing import IO, Any, Iterator, Literal
 
 from data_prep.records import Document, DropLog
 from lingraft.config import require
@@ -129,6 +129,28 @@ def _files(path: str, fmt: SourceFormat) -> list[Path]:
     if not p.exists():
         raise LingraftError(f"{p}: no such file")
     return [p]
+
+
+def iter_json_lines(path: str | Path, drops: DropLog | None = None) -> Iterator[tuple[str, Any]]:
+    """("path:line", record) for every non-blank line of a (compressed) JSONL file.
+
+    A line that is not UTF-8 JSON is dropped into `drops` ("invalid_json") and reading goes
+    on; without `drops` it is an error naming the line."""
+    if not Path(path).is_file():
+        raise LingraftError(f"{path}: no such file")
+    with open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                if drops is None:
+                    raise LingraftError(f"{where}: not a JSON line ({exc})") from None
+                drops.drop("invalid_json", where, raw[:80])
+                continue
+            yield where, record
 
 
 def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Document]:

@@ -14,6 +14,7 @@ by reason in the manifest; `strict` stops at the first one instead.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 
 from data_prep.chat import ChatError, RenderedChat, encode_chat, resolve_template
 from data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype, write_done
-from data_prep.readers import open_binary
+from data_prep.readers import iter_json_lines
 from data_prep.records import DropLog
 from data_prep.sft_config import SftPackConfig
 from lingraft.errors import LingraftError
@@ -38,27 +39,12 @@ STAGE = "prep.sft"
 def iter_chats(paths: list[str], messages_field: str, drops: DropLog,
                max_records: int | None = None) -> Iterator[tuple[Any, str]]:
     """(messages, "path:line") of every JSONL record; unreadable records go to `drops`."""
-    read = 0
-    for path in paths:
-        if not Path(path).is_file():
-            raise LingraftError(f"{path}: no such file")
-        with open_binary(path) as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                if max_records is not None and read >= max_records:
-                    return
-                read += 1
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    drops.drop("invalid_json", where, raw[:80])
-                    continue
-                if not isinstance(record, dict) or messages_field not in record:
-                    drops.drop("missing_field", where, raw[:80])
-                    continue
-                yield record[messages_field], where
+    records = (rec for path in paths for rec in iter_json_lines(path, drops))
+    for where, record in itertools.islice(records, max_records):
+        if not isinstance(record, dict) or messages_field not in record:
+            drops.drop("missing_field", where, json.dumps(record, ensure_ascii=False)[:80])
+            continue
+        yield record[messages_field], where
 
 
 @dataclass

@@ -6,7 +6,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
-from data_prep.readers import iter_texts, open_binary
+from data_prep.readers import iter_json_lines, iter_texts, open_binary
 from data_prep.records import DropLog
 from lingraft.errors import LingraftError
 
@@ -57,13 +57,4 @@ def parse_set_spec(spec: str, default_field: str) -> tuple[str, str, str]:
 
 def iter_records(path: str) -> Iterator[tuple[str, Any]]:
     """(where, record) for every non-blank line of a JSONL file; a broken line is an error."""
-    if not Path(path).is_file():
-        raise LingraftError(f"{path}: no such file")
-    with open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise LingraftError(f"{path}:{lineno}: not a JSON line ({exc})") from None
+    return iter_json_lines(path)

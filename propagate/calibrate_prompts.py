@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from data_prep.readers import open_binary
+from data_prep.readers import iter_json_lines, open_binary
 from data_prep.records import DropLog
 from evaluation.generation import chat_prompt_ids
 from lingraft.errors import LingraftError
@@ -66,13 +66,7 @@ def read_records(path: str, drops: DropLog) -> Iterator[tuple[str, Any]]:
         for index, record in enumerate(records):
             yield f"{path}[{index}]", record
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{lineno}", json.loads(line)
-        except json.JSONDecodeError:
-            drops.drop("invalid_json", f"{path}:{lineno}", line)
+    yield from iter_json_lines(path, drops)
 
 
 def load_prompts(sources: list[PromptSourceConfig], drops: DropLog) -> list[Prompt]:
