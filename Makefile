@@ -19,8 +19,10 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
 test: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) -m pytest $(PYTEST_ARGS)
 
+# `make demo PRESET=smoke` runs another preset; DEMO_ARGS passes flags (--dry-run, --force NAME...).
+PRESET ?= demo
 demo: $(STAMP)
-	LINGRAFT_SHARED=$(SHARED) $(VENV)/bin/lingraft pipeline --config configs/demo.yaml $(DEMO_ARGS)
+	LINGRAFT_SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/lingraft pipeline --config configs/$(PRESET).yaml $(DEMO_ARGS)
 
 bench: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) bench/pack_throughput.py
