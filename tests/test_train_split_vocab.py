@@ -64,3 +64,18 @@ def test_bad_new_ids_are_clear_errors():
         VocabSplit(torch.tensor([5, 12]), 10)
     with pytest.raises(LingraftError, match="no new token"):
         VocabSplit(torch.tensor([], dtype=torch.int64), 10)
+
+
+def test_new_rows_come_from_the_token_map_and_padding_rows_stay_frozen(tmp_path):
+    """`lingraft init` pads tables past the tokenizer: the map covers fewer tokens than rows."""
+    from lingraft.errors import LingraftError
+    from train.config import TrainConfig
+    from train.model_setup import new_token_ids
+    from vocabulary.token_map import TokenMap
+    rows = [{0: 1.0}, {1: 1.0}, {0: 0.5, 1: 0.5}, {}]
+    TokenMap.from_rows(rows, ["kept", "special", "mean", "fallback"], old_vocab=2).save(tmp_path / "map.safetensors")
+    cfg = TrainConfig(model=tmp_path, data=tmp_path, out_dir=tmp_path / "run", max_steps=1,
+                      trainable="new_rows", token_map=tmp_path / "map.safetensors")
+    assert new_token_ids(cfg, vocab_size=64).tolist() == [2, 3]      # rows 4..63 are padding
+    with pytest.raises(LingraftError, match="covers 4 tokens, the model has only 3 rows"):
+        new_token_ids(cfg, vocab_size=3)

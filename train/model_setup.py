@@ -77,8 +77,11 @@ def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
         if not Path(path).is_file():
             raise LingraftError(f"trainable=new_rows: {path} not found; give token_map or new_token_ids")
         tmap = TokenMap.load(path)
-        if tmap.new_vocab != vocab_size:
-            raise LingraftError(f"{path}: token map covers {tmap.new_vocab} tokens, the model has {vocab_size}")
+        # Fewer tokens than rows is normal: `lingraft init` pads the tables to a multiple of 64,
+        # and padding rows, which no token reaches, stay frozen with the old ones.
+        if tmap.new_vocab > vocab_size:
+            raise LingraftError(f"{path}: token map covers {tmap.new_vocab} tokens, the model has only "
+                                f"{vocab_size} rows (a map for another model?)")
         old_codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
         ids = torch.nonzero(~torch.isin(tmap.provenance, old_codes)).flatten()
     if ids.numel() and int(ids.max()) >= vocab_size:
