@@ -7,10 +7,13 @@ backend, else through its launcher, so every backend works), and the result thro
 """
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
+from lingraft.atomic import write_bytes
 from lingraft.config import ConfigError, build_config
 from lingraft.log import get_logger
 from propagate.calibrate_config import CalibrateConfig
@@ -18,6 +21,7 @@ from propagate.calibrate_config import CalibrateConfig
 log = get_logger(__name__)
 
 SFT_DIR, RUN_DIR, MODEL_DIR = "sft", "train", "model"
+FINGERPRINT_FILE = "calibration_fingerprint.txt"
 
 
 def train_config(cfg: CalibrateConfig, data: Path, max_steps: int) -> Any:
@@ -57,6 +61,25 @@ def launch(run_cfg: Any) -> None:
         launch_training(run_cfg)
 
 
+def run_fingerprint(calibration: Path, run_cfg: Any) -> str:
+    from lingraft.config import to_dict
+    from lingraft.hashing import sha256_file, sha256_text
+    return sha256_text(sha256_file(calibration) + json.dumps(to_dict(run_cfg), sort_keys=True))
+
+
+def fresh_run_dir(run_dir: Path, fingerprint: str) -> None:
+    """Resume the run only if it trains on the same calibration data with the same settings.
+
+    Changing a filter or the copy settings rewrites calibration.jsonl; resuming the old run
+    would quietly continue training on the old data, so its folder is removed instead."""
+    stamp = run_dir / FINGERPRINT_FILE
+    if run_dir.exists() and not (stamp.is_file() and stamp.read_text(encoding="utf-8") == fingerprint):
+        log.warning("%s was trained on other calibration data or settings: starting it afresh", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes(stamp, fingerprint.encode())
+
+
 def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
     """Pack, train and export; returns what the manifest reports about it."""
     from data_prep.sft_config import SftPackConfig
@@ -71,6 +94,7 @@ def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
     steps = cfg.train.max_steps or steps_for(packed["samples"], train_config(cfg, sft, 1), cfg.train.epochs)
     run_cfg = train_config(cfg, sft, steps)
     log.info("calibration fine-tuning: %d steps over %d packed samples", steps, packed["samples"])
+    fresh_run_dir(Path(run_cfg.out_dir), run_fingerprint(calibration, run_cfg))
     launch(run_cfg)
     model = export(ExportConfig(checkpoint=Path(run_cfg.out_dir), out=out / MODEL_DIR))
     return {"sft": str(sft), "run": str(run_cfg.out_dir), "model": str(model), "max_steps": steps,

@@ -342,3 +342,15 @@ def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp
     assert train["max_steps"] == 2 and train["packed_chats"] == 5
     assert (Path(train["model"]) / "config.json").is_file()
     assert json.loads((Path(train["model"]) / "manifest.json").read_text())["metrics"]["trainable"] == "lora"
+
+
+def test_training_restarts_when_calibration_data_changes(tmp_path):
+    """Resuming a run trained on other chats would silently mix old and new calibration data."""
+    from propagate.calibrate_train import FINGERPRINT_FILE, fresh_run_dir
+    run = tmp_path / "train"
+    fresh_run_dir(run, "a")
+    (run / "checkpoints").mkdir()
+    fresh_run_dir(run, "a")                      # same data and settings: the run is resumed
+    assert (run / "checkpoints").is_dir()
+    fresh_run_dir(run, "b")                      # other data: started afresh
+    assert not (run / "checkpoints").exists() and (run / FINGERPRINT_FILE).read_text() == "b"
