@@ -12,7 +12,7 @@ import io
 import json
 import lzma
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
@@ -42,10 +42,17 @@ class SourceConfig:
     split: str = "train"               # format: hf only
     hf_config: str | None = None       # format: hf only (the dataset's configuration name)
     text_unit: Literal["file", "line", "paragraph"] = "line"   # format: text only: what one document is
+    # JSONL record filters by metadata (field -> values, compared as strings), e.g. a held-out author:
+    # `exclude: {author: [Blok]}` for training, `include: {author: [Blok]}` for its evaluation text.
+    include: dict[str, list[str]] = field(default_factory=dict)   # keep only records with a listed value
+    exclude: dict[str, list[str]] = field(default_factory=dict)   # leave out records with a listed value
 
     def __post_init__(self) -> None:
         require(bool(self.path), "path", "must not be empty")
         require(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
+        for key in ("include", "exclude"):
+            for name, values in getattr(self, key).items():
+                require(bool(values), f"{key}.{name}", "list at least one value")
         if not self.name:
             self.name = _stem(self.path)
 
@@ -172,6 +179,9 @@ def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docume
             if not isinstance(record, dict) or src.text_field not in record:
                 drops.drop("missing_field", where, line)
                 continue
+            if not _selected(record, src):
+                drops.skip("filtered_by_metadata", where, line)
+                continue
             text = record[src.text_field]
             if not isinstance(text, str):
                 drops.drop("non_string_field", where, line)
@@ -183,6 +193,14 @@ def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docume
                 drops.drop("invalid_unicode", where, line)  # a lone surrogate escape cannot be written as UTF-8
                 continue
             yield Document(text=text, source=src.name, where=where)
+
+
+def _selected(record: dict[str, Any], src: SourceConfig) -> bool:
+    """Whether a record passes the source's `include`/`exclude` metadata filters. A record without
+    an included field is not selected; one without an excluded field is."""
+    if any(str(record.get(name)) not in values for name, values in src.include.items()):
+        return False
+    return not any(name in record and str(record[name]) in values for name, values in src.exclude.items())
 
 
 def read_text(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Document]:
@@ -298,6 +316,8 @@ def iter_documents(src: SourceConfig, drops: DropLog | None = None) -> Iterator[
     """Every document of one source, in file order."""
     drops = drops if drops is not None else DropLog()
     fmt = detect_format(src.path) if src.format == "auto" else src.format
+    if (src.include or src.exclude) and fmt != "jsonl":
+        raise LingraftError(f"{src.path}: include/exclude filter JSONL records by field; this source is {fmt}")
     if fmt == "hf":
         yield from read_hf(src, drops)
         return

@@ -33,6 +33,10 @@ class DropLog:
     def drop(self, reason: str, where: str, sample: Any = "") -> None:
         if self.strict:
             raise DataError(f"{where}: {reason}")
+        self.skip(reason, where, sample)
+
+    def skip(self, reason: str, where: str, sample: Any = "") -> None:
+        """Counts a record left out on purpose (a configured filter): never an error, even in strict mode."""
         self.counts[reason] += 1
         bucket = self.examples.setdefault(reason, [])
         if len(bucket) < self.max_examples:

@@ -11,8 +11,8 @@
               on the first and last blocks, tables in full), export to <out>/model
 
 A rerun after a kill resumes generation where it stopped and redoes the cheap steps;
-the training run resumes from its own checkpoints (so after changing filters or copy
-settings, delete <out>/train). manifest.json, written last, counts every prompt and answer
+the training run resumes from its own checkpoints when the calibration data and training
+settings are unchanged, and starts afresh otherwise. manifest.json, written last, counts every prompt and answer
 dropped, by reason. A config, e.g.:
 
     instruct: models/instruct            # answers the prompts
