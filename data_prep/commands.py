@@ -1,6 +1,7 @@
 """CLI commands of the data-prep stage (registered by lingraft.cli)."""
 from __future__ import annotations
 
+from data_prep.alpaca_convert import AlpacaConvertConfig
 from data_prep.clean_config import CleanStageConfig
 from data_prep.pack_config import PackConfig
 from data_prep.sft_config import SftPackConfig
@@ -21,4 +22,9 @@ COMMANDS.append(Command(
 COMMANDS.append(Command(
     path=("prep", "sft"), config_cls=SftPackConfig, runner="data_prep.sft_pack:run_sft_pack",
     help="render chat JSONL with the model's chat template into packed shards with an assistant-only loss mask",
+    aliases={"--in": "input"}))
+
+COMMANDS.append(Command(
+    path=("prep", "alpaca"), config_cls=AlpacaConvertConfig, runner="data_prep.alpaca_convert:run_alpaca_convert",
+    help="turn Alpaca-style (instruction, instances) task JSONL into chat messages JSONL for prep sft",
     aliases={"--in": "input"}))

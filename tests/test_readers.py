@@ -182,3 +182,21 @@ def test_real_shared_files(shared):
     assert first.source == "ruslit" and len(first.text) > 1000
     assert first.where.endswith("ruslit.jsonl.xz:1")
     ruslit.close()
+
+
+def test_include_and_exclude_select_records_by_metadata(tmp_path):
+    """A held-out author: excluded from training, included alone for evaluation; counted, even in strict mode."""
+    path = _write(tmp_path / "lit.jsonl.xz", _jsonl_bytes([
+        {"text": "a", "author": "Blok"}, {"text": "b", "author": "Pushkin"}, {"text": "c"}, {"text": "d", "year": 1}]))
+    drops = DropLog(strict=True)
+    assert _read(SourceConfig(path=str(path), exclude={"author": ["Blok"]}), drops) == ["b", "c", "d"]
+    assert drops.counts == {"filtered_by_metadata": 1}
+    assert _read(SourceConfig(path=str(path), include={"author": ["Blok"]})) == ["a"]
+    assert _read(SourceConfig(path=str(path), include={"year": ["1"]})) == ["d"]      # compared as strings
+    from lingraft.config import ConfigError
+    with pytest.raises(ConfigError, match="include.author: list at least one value"):
+        SourceConfig(path=str(path), include={"author": []})
+    text = tmp_path / "plain.txt"
+    text.write_text("x\n", encoding="utf-8")
+    with pytest.raises(LingraftError, match="filter JSONL records by field"):
+        _read(SourceConfig(path=str(text), exclude={"author": ["Blok"]}))

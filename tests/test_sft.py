@@ -156,3 +156,22 @@ def test_strict_mode_and_missing_template_are_errors(tmp_path, shared, smollm2, 
     assert code == 0, err
     with pytest.raises(LingraftError, match="has no chat template"):
         render_chat(llama3_tok, _arena(shared, 1)[0])
+
+
+def test_prep_alpaca_turns_seed_tasks_into_chats_in_either_language(tmp_path, shared, run_cli):
+    seed = shared / "instruct" / "rulm_ru_alpaca_seed_tasks.jsonl"
+    code, _, err = run_cli("prep", "alpaca", "--input", seed, "--out", tmp_path / "ru")
+    assert code == 0, err
+    tasks = [json.loads(line) for line in seed.read_text(encoding="utf-8").splitlines() if line.strip()]
+    chats = [json.loads(line)["messages"] for line in (tmp_path / "ru" / "chats.jsonl").read_text().splitlines()]
+    assert len(chats) == sum(len(t["instances"]) for t in tasks)
+    first = tasks[0]["instances"][0]
+    assert chats[0][0]["role"] == "user" and chats[0][0]["content"].startswith(tasks[0]["instruction"])
+    assert chats[0][1] == {"role": "assistant", "content": first["output"]}
+    code, _, err = run_cli("prep", "alpaca", "--input", seed, "--out", tmp_path / "en",
+                           "--instruction-field", "orig_instruction", "--instances-field", "orig_instances")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "en" / "manifest.json").read_text())
+    with_originals = [t for t in tasks if t.get("orig_instruction") and t.get("orig_instances")]
+    assert manifest["metrics"]["tasks"] == len(with_originals) < len(tasks)      # Russian-only tasks are skipped
+    assert sum(r["count"] for r in manifest["metrics"]["skipped"].values()) == len(tasks) - len(with_originals)
