@@ -143,7 +143,13 @@ def test_demo_preset_validates(monkeypatch, shared, smollm2):
     stages = {s.spec.name: s for s in plan(build_config(PipelineConfig, REPO / "configs" / "demo.yaml"))}
     assert stages["init"].config.model == str(smollm2)                 # {builtin:smollm2}
     assert stages["train"].config.backend == "local"
-    assert stages["propagate"].config.instruct == str(smollm2)
+    assert str(stages["sft_train"].config.model) == str(smollm2) and stages["sft_train"].config.trainable == "full"
+    for method in ("swap", "overlap", "conversion"):   # A propagated into the SFT sibling I, not into B
+        propagate = stages[method].config
+        assert (propagate.method, propagate.base) == (method, str(smollm2))
+        assert str(propagate.instruct) == str(stages["instruct"].config.out) != str(smollm2)
+    heldout = stages["heldout_author"].config.sources[0].include
+    assert stages["clean"].config.sources[0].exclude == heldout == {"author": ["Blok"]}
 
 
 def _cluster_env(monkeypatch, shared, tmp_path) -> None:
