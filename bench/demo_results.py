@@ -56,8 +56,8 @@ def tokenizer_table(results: list[dict]) -> str:
 def copy_table(results: list[dict]) -> str:
     rows = []
     for r in sorted((r for r in results if r["task"] == "copy"), key=lambda r: _order(r["model"])):
-        for s in r["sets"]:
-            rows.append([r["model"], s["name"] if "name" in s else s.get("kind", ""), str(s["n"]),
+        for name, s in r["sets"].items():
+            rows.append([r["model"], f"{name} ({s['kind']})", str(s["n"]),
                          f"{s['exact_match']:.3f}", f"{s['mean_char_match']:.3f}",
                          f"{s['length_ratio']:.3f}" if "length_ratio" in s else "-"])
     return _table(["model", "set", "items", "exact match", "mean char match", "length ratio"], rows)
