@@ -46,17 +46,12 @@ def peft_config(cfg: LoraConfig, n_blocks: int) -> Any:
                           task_type="CAUSAL_LM")
 
 
-def _tables(model: nn.Module) -> list[nn.Module]:
-    head = model.get_output_embeddings()
-    return [model.get_input_embeddings(), *([head] if head is not None else [])]
-
-
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Inject the adapters into `model` (in place) and leave only them (and, with train_tables,
     the embedding and head) trainable. Adapter weights take the dtype of the model's weights,
     so an engine that holds a bf16 module (DeepSpeed) gets one dtype throughout."""
     from peft import inject_adapter_in_model
-    from train.model_setup import decoder_blocks
+    from train.model_setup import decoder_blocks, table_modules
     n_blocks = len(decoder_blocks(model))
     dtype = model.get_input_embeddings().weight.dtype
     try:
@@ -69,7 +64,7 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
             param.data = param.data.to(dtype)
             param.requires_grad_(True)
     if cfg.train_tables:
-        for table in _tables(model):
+        for table in table_modules(model):
             table.requires_grad_(True)
     return model
 

@@ -89,7 +89,7 @@ def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-def _table_modules(model: nn.Module) -> list[nn.Module]:
+def table_modules(model: nn.Module) -> list[nn.Module]:
     head = model.get_output_embeddings()
     return [model.get_input_embeddings(), *([head] if head is not None else [])]
 
@@ -121,10 +121,10 @@ def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
         vocab = model.get_input_embeddings().num_embeddings
         split = split_model_tables(model, new_token_ids(cfg, vocab))
         # The split tables' only Parameter is the new rows; the old rows are buffers.
-        for module in _table_modules(model):
+        for module in table_modules(model):
             module.requires_grad_(True)
         return split
-    trainable = _table_modules(model)
+    trainable = table_modules(model)
     if cfg.trainable == "layers":
         trainable += _named(model, cfg.trainable_modules)
     for module in trainable:
