@@ -51,11 +51,10 @@ def tokenizer_32k(model: Path, work: Path) -> Path:
 
 def naive(model: str, tokenizer: str, token_map: str, out: str) -> None:
     """What `init` replaces: load everything, resize, set rows, save (run in its own process)."""
-    import resource
-
     import torch
     from transformers import AutoModelForCausalLM
 
+    from lingraft.memory import peak_rss_bytes
     from vocabulary.loading import load_tokenizer
     from vocabulary.token_map import TokenMap
     start = time.perf_counter()
@@ -69,7 +68,7 @@ def naive(model: str, tokenizer: str, token_map: str, out: str) -> None:
     net.save_pretrained(out)
     tok.save_pretrained(out)
     print(json.dumps({"seconds": round(time.perf_counter() - start, 2),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+                      "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1)}))
 
 
 def score(folders: dict[str, Path], docs: int) -> dict[str, dict]:
@@ -77,7 +76,7 @@ def score(folders: dict[str, Path], docs: int) -> dict[str, dict]:
     from transformers import AutoModelForCausalLM
 
     from data_prep.readers import iter_texts
-    from lingraft.bpc import bits_per_character
+    from evaluation.bpc import bits_per_character
     from vocabulary.loading import load_tokenizer
     texts = list(itertools.islice(iter_texts(str(UD)), docs))
     results = {}

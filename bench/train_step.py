@@ -122,15 +122,13 @@ def _config(args, workdir: Path, shape: str, trainable: str, doc_mask: bool):
 
 
 def _peak_rss_per_rank() -> list[float]:
-    import resource
-
     import torch
 
+    from lingraft.memory import peak_rss_bytes
     from train.dist import DistInfo
     from train.loop import per_rank
     dist = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), 0)
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss       # Linux reports KiB
-    return [v / 2**20 for v in per_rank(kib, dist, torch.device("cpu"))]
+    return [v / 2**30 for v in per_rank(peak_rss_bytes(), dist, torch.device("cpu"))]
 
 
 def _single_process_optimizer_bytes(cfg) -> int:

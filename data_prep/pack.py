@@ -313,7 +313,8 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
                               eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"),
                               dtype=token_dtype(len(tok)).name, batch_chars=cfg.batch_chars)
     tokenizer_json = backend.to_str()
-    tasks = [ShardTask(k, part, out, _shard_key(settings, sha256_text(tokenizer_json), part_sha[part.name]))
+    tokenizer_sha = sha256_text(tokenizer_json)
+    tasks = [ShardTask(k, part, out, _shard_key(settings, tokenizer_sha, part_sha[part.name]))
              for k, part in enumerate(parts) if k % world.size == world.rank]
     records = [rec for t in tasks if (rec := read_valid_done(out, shard_name(t.index), t.key))]
     if records:

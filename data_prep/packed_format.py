@@ -31,7 +31,7 @@ import numpy as np
 from data_prep.pack_config import SampleStart
 from lingraft.atomic import atomic_open, write_json
 from lingraft.errors import LingraftError
-from lingraft.hashing import sha256_file
+from lingraft.hashing import remember, sha256_file
 from lingraft.paths import safe_join
 
 FORMAT = "lingraft.packed/1"
@@ -183,6 +183,7 @@ def _write_chunks(path: Path, chunks: Iterable[Any]) -> dict[str, Any]:
             digest.update(view)
             fh.write(view)
             size += len(view)
+    remember(path, digest.hexdigest())      # verifying the shard later need not read it again
     return {"file": path.name, "bytes": size, "sha256": digest.hexdigest()}
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
 
-from data_prep.readers import iter_json_lines, iter_texts, open_binary
+from data_prep.readers import iter_texts, open_binary
 from data_prep.records import DropLog
 from lingraft.errors import LingraftError
 
@@ -53,8 +52,3 @@ def parse_set_spec(spec: str, default_field: str) -> tuple[str, str, str]:
     for suffix in (".xz", ".gz", ".zst", ".bz2", ".jsonl", ".json", ".txt", ".parquet", ".csv"):
         stem = stem.removesuffix(suffix)
     return name or stem, path, field
-
-
-def iter_records(path: str) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every non-blank line of a JSONL file; a broken line is an error."""
-    return iter_json_lines(path)

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from evaluation.data import iter_records
+from data_prep.readers import iter_json_lines
 from lingraft.errors import LingraftError
 
 Record = dict[str, Any]
@@ -86,7 +86,7 @@ def source_records(fmt: str, path: str) -> Iterator[tuple[str, Record]]:
     """(where, generic record) for every item of `path` read as `fmt`."""
     if fmt not in ADAPTERS:
         raise LingraftError(f"unknown task format {fmt!r}; known: {', '.join(ADAPTERS)}")
-    rows = _csv_records(path) if path.endswith(".csv") else iter_records(path)
+    rows = _csv_records(path) if path.endswith(".csv") else iter_json_lines(path)
     for where, record in rows:
         if not isinstance(record, dict):
             raise LingraftError(f"{where}: a record must be a JSON object")

@@ -99,9 +99,8 @@ def open_backend(name: str, folder: Path, settings: GenerationSettings, seed: in
 
 def model_context(folder: Path, trust_remote_code: bool) -> int | None:
     """The model's context length (max_position_embeddings), read from its config alone."""
-    from transformers import AutoConfig
-    return getattr(AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code),
-                   "max_position_embeddings", None)
+    from propagate.compat import load_config
+    return getattr(load_config(str(folder), trust_remote_code), "max_position_embeddings", None)
 
 
 def prompt_budget(settings: GenerationSettings, context_tokens: int | None) -> int:

@@ -55,18 +55,30 @@ def read_records(path: str, drops: DropLog) -> Iterator[tuple[str, Any]]:
     """(where, record) for every record of a JSONL file or a JSON array file."""
     if not Path(path).is_file():
         raise LingraftError(f"{path}: no such prompt file")
-    with open_binary(path) as fh:
-        data = fh.read()
-    text = data.decode("utf-8-sig")
-    if text.lstrip().startswith("["):
+    if _is_json_array(path):
+        with open_binary(path) as fh:
+            data = fh.read()
         try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
+            records = json.loads(data.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LingraftError(f"{path}: invalid JSON array ({exc})") from None
         for index, record in enumerate(records):
             yield f"{path}[{index}]", record
         return
     yield from iter_json_lines(path, drops)
+
+
+def _is_json_array(path: str) -> bool:
+    """Whether the file's first non-blank character is "[", read without decompressing the
+    whole file (a JSONL file is then streamed line by line, not held in memory twice)."""
+    with open_binary(path) as fh:
+        head = fh.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
+        while not head:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                return False
+            head = chunk.lstrip()
+    return head.startswith(b"[")
 
 
 def load_prompts(sources: list[PromptSourceConfig], drops: DropLog) -> list[Prompt]:

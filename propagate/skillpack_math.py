@@ -170,10 +170,15 @@ def changed_rows(delta: torch.Tensor) -> torch.Tensor:
     return (delta != 0).any(dim=1).nonzero().flatten()
 
 
-def relative_error(approx: torch.Tensor, exact: torch.Tensor, reference: torch.Tensor) -> float:
-    """``||approx − exact||_F / ||reference||_F`` in float64 (0 when both norms are 0)."""
+def error_norms(approx: torch.Tensor, exact: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """``(||approx − exact||_F, ||reference||_F)`` in float64: a relative error's two norms, kept
+    apart so a caller can also sum their squares over modules."""
     error = float(torch.linalg.vector_norm((approx.double() - exact.double()).flatten()))
-    scale = float(torch.linalg.vector_norm(reference.double().flatten()))
+    return error, float(torch.linalg.vector_norm(reference.double().flatten()))
+
+
+def relative_error(error: float, scale: float) -> float:
+    """``error / scale`` of `error_norms`' output (0 when both norms are 0)."""
     if scale == 0.0:
         return 0.0 if error == 0.0 else math.inf
     return error / scale

@@ -28,6 +28,7 @@ from propagate.skillpack_format import (
     FORMAT,
     MODEL_FILES,
     PACK_FILE,
+    TORCH_DTYPES,
     Encoded,
     SkillPack,
     copy_model_files,
@@ -46,6 +47,7 @@ from propagate.skillpack_math import (
     add_row_delta,
     band_ranks,
     changed_rows,
+    error_norms,
     relative_error,
     truncated_svd,
 )
@@ -181,7 +183,6 @@ def run_create(cfg: SkillpackCreateConfig) -> dict[str, Any]:
 
 
 def _torch_dtype(ckpt: Checkpoint, name: str) -> torch.dtype:
-    from propagate.skillpack_format import TORCH_DTYPES
     return TORCH_DTYPES[ckpt.tensors[name].dtype]
 
 
@@ -225,9 +226,10 @@ def run_verify(cfg: SkillpackVerifyConfig) -> dict[str, Any]:
             # The reference is the delta; a replaced table has no delta, so its error is measured
             # against the table itself.
             reference = t.double() - b.double() if b.shape == t.shape else t.double()
-            row["relative_error"] = relative_error(rebuilt, t, reference)
-            error_sq += float(torch.linalg.vector_norm((rebuilt.double() - t.double()).flatten())) ** 2
-            delta_sq += float(torch.linalg.vector_norm(reference.flatten())) ** 2
+            error, scale = error_norms(rebuilt, t, reference)
+            row["relative_error"] = relative_error(error, scale)
+            error_sq += error ** 2
+            delta_sq += scale ** 2
         else:
             row["relative_error"] = 0.0
         rows[name] = row

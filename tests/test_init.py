@@ -230,7 +230,7 @@ def _reference_bits(model, ids_per_doc: list[list[int]], start: int, window: int
 def test_bits_per_character_matches_direct_computation(tied_model, old_tokenizer, window):
     from transformers import AutoModelForCausalLM
 
-    from lingraft.bpc import bits_per_character
+    from evaluation.bpc import bits_per_character
     model = AutoModelForCausalLM.from_pretrained(str(tied_model), dtype=torch.float32)
     texts = ["Мороз и солнце; день чудесный!", "", "A short one.", "Ещё ты дремлешь, друг прелестный — пора, красавица, проснись!"]
     ids = [old_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts if t]
@@ -248,7 +248,7 @@ def test_mean_init_beats_random_on_smollm2(smollm2, shared):
     than rows drawn at random from the old rows' distribution (bits per character on UD sentences)."""
     from transformers import AutoModelForCausalLM
 
-    from lingraft.bpc import bits_per_character
+    from evaluation.bpc import bits_per_character
     from vocabulary.init_config import InitConfig
     from vocabulary.init_stage import build_tables
     from vocabulary.loading import load_tokenizer

@@ -59,6 +59,7 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from train.config import AnchorConfig, TrainConfig, parse_id_ranges
 from train.loss import IGNORE
+from train.model_setup import copies_old_row, token_map_path
 
 log = get_logger(__name__)
 
@@ -133,16 +134,15 @@ class SharedTokens:
 
 def shared_from_token_map(path: Path, model_vocab: int, ref_vocab: int) -> SharedTokens:
     """Rows of provenance kept/special copy exactly one old row: those tokens are shared."""
-    from vocabulary.token_map import PROVENANCES, TokenMap
+    from vocabulary.token_map import TokenMap
     if not Path(path).is_file():
         raise LingraftError(f"anchor.token_map: {path} not found (tokens=shared needs a token map or shared_ids)")
     tmap = TokenMap.load(path)
     if tmap.new_vocab != model_vocab or tmap.old_vocab != ref_vocab:
         raise LingraftError(f"anchor.token_map: {path} maps {tmap.new_vocab} -> {tmap.old_vocab} tokens, but the "
                             f"model has {model_vocab} and the reference {ref_vocab}")
-    codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
     single = (tmap.indptr[1:] - tmap.indptr[:-1]) == 1
-    model_ids = torch.nonzero(torch.isin(tmap.provenance, codes) & single).flatten()
+    model_ids = torch.nonzero(copies_old_row(tmap) & single).flatten()
     return SharedTokens.from_pairs(model_ids, tmap.indices[tmap.indptr[model_ids]], model_vocab, ref_vocab)
 
 
@@ -217,7 +217,7 @@ def shared_tokens(cfg: AnchorConfig, model_dir: Path, model_vocab: int, ref_voca
         return None
     if cfg.shared_ids is not None:
         return shared_from_ranges(cfg.shared_ids, model_vocab, ref_vocab)
-    return shared_from_token_map(Path(cfg.token_map or model_dir / "token_map.safetensors"), model_vocab, ref_vocab)
+    return shared_from_token_map(token_map_path(cfg.token_map, model_dir), model_vocab, ref_vocab)
 
 
 def build_anchor(cfg: TrainConfig, model_vocab: int, device: torch.device, dtype: torch.dtype, attention: str,

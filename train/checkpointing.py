@@ -131,7 +131,6 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def load_trainer_state(ckpt: Path, dist: DistInfo) -> dict[str, Any]:
     state = json.loads((ckpt / STATE_FILE).read_text())
     if state["world_size"] != dist.world_size:
-        from lingraft.errors import LingraftError
         raise LingraftError(f"{ckpt}: written by {state['world_size']} ranks, resuming with {dist.world_size}; "
                             "exact resume needs the same world size (export and start a new run instead)")
     state["data"] = json.loads((ckpt / f"data_rank{dist.rank}.json").read_text())

@@ -41,7 +41,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def read_trained(ckpt: Path, backend: str) -> dict:
-    engine = ckpt / "engine"
+    from train.checkpointing import ENGINE_DIR
+    engine = ckpt / ENGINE_DIR
     if backend == "deepspeed":
         from train.backends.deepspeed_backend import read_trainable_state
     elif backend == "fsdp":
@@ -79,8 +80,9 @@ def export(cfg: ExportConfig) -> Path:
 
     from lingraft.atomic import atomic_dir
     from lingraft.manifest import new_manifest
+    from train.checkpointing import STATE_FILE
     ckpt = resolve_checkpoint(Path(cfg.checkpoint))
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state = json.loads((ckpt / STATE_FILE).read_text())
     meta = state["meta"]
     base = Path(meta["base_model"])
     if not (base / "config.json").is_file():

@@ -48,6 +48,14 @@ def _grad_plan(cfg: TrainConfig, model: torch.nn.Module, shape: ModelShape, spli
     return GradPlan.for_mode(cfg.trainable, shape, blocks=blocks, new_rows=new_rows)
 
 
+def _flops_per_token(cfg: TrainConfig, shape: ModelShape, plan: GradPlan, micro: list[dict[str, torch.Tensor]]) -> float:
+    if cfg.doc_mask:
+        attended = sum(attended_keys_per_token(b["position_ids"]) for b in micro) / len(micro)
+    else:
+        attended = (micro[0]["input_ids"].shape[1] + 1) / 2
+    return training_flops_per_token(shape, plan, attended)
+
+
 def _peak_memory_gib(runtime: Runtime) -> float:
     if runtime.device.type == "cuda":
         return torch.cuda.max_memory_allocated(runtime.device) / 2**30
@@ -115,18 +123,18 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
             step += 1
             elapsed = time.perf_counter() - start
             tokens = sum(int(b["input_ids"].numel()) for b in micro)        # this rank
-            attended = sum(attended_keys_per_token(b["position_ids"]) for b in micro) / len(micro)
-            flops = training_flops_per_token(shape, plan, attended if cfg.doc_mask else (micro[0]["input_ids"].shape[1] + 1) / 2)
-            row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                   "tokens_per_s": tokens * dist.world_size / elapsed, "step_time_s": elapsed,
-                   "peak_mem_gib": _peak_memory_gib(runtime), **result.metrics}
-            utilisation = mfu(tokens / elapsed, flops, peak)
-            if utilisation is not None:
-                row["mfu"] = utilisation
+            tokens_per_s = tokens * dist.world_size / elapsed
             if step % cfg.log.every_steps == 0 or step == cfg.max_steps:
+                # Built on logged steps only: the attended-keys mean reads position ids back from the device.
+                row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                       "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
+                       "peak_mem_gib": _peak_memory_gib(runtime), **result.metrics}
+                utilisation = mfu(tokens / elapsed, _flops_per_token(cfg, shape, plan, micro), peak)
+                if utilisation is not None:
+                    row["mfu"] = utilisation
                 metrics.log_step(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{tokens_per_s:.0f}")
             if step % cfg.checkpoint.every_steps == 0 or step == cfg.max_steps:
                 last_good = checkpoint(step)
     finally:

@@ -67,14 +67,27 @@ def load_model(path: Path, runtime: Runtime, dtype: torch.dtype) -> nn.Module:
     return model.to(runtime.device)
 
 
+def token_map_path(cfg_token_map: Path | None, model_dir: Path) -> Path:
+    """The token map given in the config, else the one `lingraft init` saved with the model."""
+    from vocabulary.token_map import TOKEN_MAP_NAME
+    return Path(cfg_token_map or Path(model_dir) / TOKEN_MAP_NAME)
+
+
+def copies_old_row(tmap) -> torch.Tensor:
+    """(new_vocab,) bool: rows of provenance kept/special, i.e. taken over from the old vocabulary."""
+    from vocabulary.token_map import PROVENANCES
+    codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
+    return torch.isin(tmap.provenance, codes)
+
+
 def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
     """The rows that train under trainable=new_rows: an explicit range or the token map's provenance."""
     if cfg.new_token_ids is not None:
         ids = torch.cat([torch.arange(lo, hi) for lo, hi in parse_id_ranges(cfg.new_token_ids)])
     else:
-        from vocabulary.token_map import PROVENANCES, TokenMap
-        path = cfg.token_map or Path(cfg.model) / "token_map.safetensors"
-        if not Path(path).is_file():
+        from vocabulary.token_map import TokenMap
+        path = token_map_path(cfg.token_map, cfg.model)
+        if not path.is_file():
             raise LingraftError(f"trainable=new_rows: {path} not found; give token_map or new_token_ids")
         tmap = TokenMap.load(path)
         # Fewer tokens than rows is normal: `lingraft init` pads the tables to a multiple of 64,
@@ -82,8 +95,7 @@ def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
         if tmap.new_vocab > vocab_size:
             raise LingraftError(f"{path}: token map covers {tmap.new_vocab} tokens, the model has only "
                                 f"{vocab_size} rows (a map for another model?)")
-        old_codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
-        ids = torch.nonzero(~torch.isin(tmap.provenance, old_codes)).flatten()
+        ids = torch.nonzero(~copies_old_row(tmap)).flatten()
     if ids.numel() and int(ids.max()) >= vocab_size:
         raise LingraftError(f"new_token_ids: id {int(ids.max())} is outside the vocabulary of {vocab_size}")
     return ids

@@ -161,7 +161,7 @@ def evaluate_bpc(cfg: InitConfig, source: Path, out: Path, old_tok: "PreTrainedT
     from transformers import AutoModelForCausalLM
 
     from data_prep.readers import iter_texts
-    from lingraft.bpc import bits_per_character
+    from evaluation.bpc import bits_per_character
     texts = list(islice(iter_texts(cfg.eval_text, cfg.eval_text_field), cfg.eval_max_docs))
     results = {}
     for name, folder, tok in (("original", source, old_tok), (cfg.method, out, new_tok)):

@@ -17,6 +17,7 @@ two can pick different (equally long) pieces.
 """
 from __future__ import annotations
 
+import functools
 import json
 import lzma
 import re
@@ -214,6 +215,25 @@ def _from_sentencepiece(path: Path) -> "PreTrainedTokenizerFast":
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+@functools.cache
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, used by every byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@functools.cache
+def unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 def backend_json(tok: "PreTrainedTokenizerFast | dict[str, Any]") -> dict[str, Any]:

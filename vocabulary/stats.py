@@ -29,7 +29,8 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from vocabulary.config import TokenizerStatsConfig
 from vocabulary.corpus import CorpusText
-from vocabulary.loading import backend_json, load_tokenizer, tokenizer_fingerprint, tokenizer_kind
+from vocabulary.loading import (backend_json, load_tokenizer, tokenizer_fingerprint, tokenizer_kind,
+                                unicode_to_byte)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -71,16 +72,6 @@ class TokenizerStats:
     fingerprint: str
 
 
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's bytes_to_unicode (used by every ByteLevel pre-tokenizer):
-    printable Latin-1 bytes stand for themselves, the other 68 map to chr(256 + n)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {chr(b): b for b in printable}
-    others = [b for b in range(256) if b not in mapping.values()]
-    mapping.update({chr(256 + n): b for n, b in enumerate(others)})
-    return mapping
-
-
 def partial_token_mask(tok: "PreTrainedTokenizerFast", data: dict | None = None) -> np.ndarray:
     """mask[id] is True for tokens that stand for part of a character (see module docstring)."""
     data = backend_json(data or tok)
@@ -91,7 +82,7 @@ def partial_token_mask(tok: "PreTrainedTokenizerFast", data: dict | None = None)
         for token, idx in vocab.items():
             mask[idx] = bool(BYTE_PIECE.match(token)) and token not in added
     elif tokenizer_kind(data).startswith("byte_level"):
-        decoder = _byte_decoder()
+        decoder = unicode_to_byte()
         for token, idx in vocab.items():
             if token in added or any(ch not in decoder for ch in token):
                 continue

@@ -11,13 +11,12 @@ prefix can change the text), and its row is a (weighted) mean of those pieces' r
 """
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from lingraft.errors import LingraftError
-from vocabulary.loading import tokenizer_kind
+from vocabulary.loading import byte_to_unicode, tokenizer_kind, unicode_to_byte
 from vocabulary.token_map import TokenMap
 
 if TYPE_CHECKING:
@@ -26,25 +25,6 @@ if TYPE_CHECKING:
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SUPPORTED = ("byte_level_bpe", "byte_level_unigram", "sentencepiece_bpe", "bpe", "unigram")
 ROLES = ("bos_token", "eos_token", "unk_token", "pad_token")
-
-
-@functools.cache
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table, used by every byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-@functools.cache
-def unicode_to_byte() -> dict[str, int]:
-    return {c: b for b, c in byte_to_unicode().items()}
 
 
 @dataclass(frozen=True)
