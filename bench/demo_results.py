@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 MODEL_ORDER = ["B", "I", "init", "A", "swap", "overlap", "conversion"]
 MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, mean init",
@@ -31,7 +30,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def load(folder: Path) -> list[dict]:
-    from evaluation.results import read_result
+    from lingraft.evaluation.results import read_result
     results = [read_result(p) for p in sorted(folder.glob("*.json"))]
     if not results:
         raise SystemExit(f"{folder}: no eval result JSON")

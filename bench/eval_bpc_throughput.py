@@ -24,9 +24,9 @@ TEXTS = {"ru": (SHARED / "ru_text" / "ruslit.jsonl.xz", "text"),
 
 
 def main() -> None:
-    from evaluation.data import read_texts
-    from evaluation.models import load_model
-    from evaluation.bpc import bits_per_character
+    from lingraft.evaluation.data import read_texts
+    from lingraft.evaluation.models import load_model
+    from lingraft.evaluation.bpc import bits_per_character
     from lingraft.real_model import smollm2_path
     parser = argparse.ArgumentParser()
     parser.add_argument("--chars", type=int, default=15000)

@@ -55,8 +55,8 @@ def naive(model: str, tokenizer: str, token_map: str, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
     from lingraft.memory import peak_rss_bytes
-    from vocabulary.loading import load_tokenizer
-    from vocabulary.token_map import TokenMap
+    from lingraft.vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.token_map import TokenMap
     start = time.perf_counter()
     tok = load_tokenizer(tokenizer)
     net = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
@@ -75,9 +75,9 @@ def score(folders: dict[str, Path], docs: int) -> dict[str, dict]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_prep.readers import iter_texts
-    from evaluation.bpc import bits_per_character
-    from vocabulary.loading import load_tokenizer
+    from lingraft.data_prep.readers import iter_texts
+    from lingraft.evaluation.bpc import bits_per_character
+    from lingraft.vocabulary.loading import load_tokenizer
     texts = list(itertools.islice(iter_texts(str(UD)), docs))
     results = {}
     for name, folder in folders.items():

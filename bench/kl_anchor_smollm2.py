@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", REPO.parent / "shared" / "data")).resolve()
 
 
@@ -52,10 +51,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def pack_russian(model_dir: Path, out: Path, args: argparse.Namespace) -> Path:
-    from data_prep.clean_config import MixConfig
-    from data_prep.pack import run_pack
-    from data_prep.pack_config import PackConfig
-    from data_prep.readers import SourceConfig
+    from lingraft.data_prep.clean_config import MixConfig
+    from lingraft.data_prep.pack import run_pack
+    from lingraft.data_prep.pack_config import PackConfig
+    from lingraft.data_prep.readers import SourceConfig
     cfg = PackConfig(out=out, tokenizer=str(model_dir), seq_len=args.seq,
                      sources=[SourceConfig(path=str(SHARED / "ru_text" / "ruslit.jsonl.xz"), name="ruslit")],
                      mix=MixConfig(max_chars=args.ru_chars))
@@ -72,8 +71,8 @@ def eval_texts(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def train_run(model_dir: Path, data: Path, out_dir: Path, weight: float, args: argparse.Namespace) -> tuple[Path, float]:
     from lingraft.config import build_config
-    from train.config import TrainConfig
-    from train.loop import train
+    from lingraft.train.config import TrainConfig
+    from lingraft.train.loop import train
     overrides = {"model": str(model_dir), "data": str(data), "out_dir": str(out_dir), "max_steps": args.steps,
                  "backend": "local", "device": "cpu", "trainable": args.trainable, "seed": args.seed,
                  "micro_batch_size": args.micro_batch, "grad_accum_steps": 1,
@@ -88,7 +87,7 @@ def train_run(model_dir: Path, data: Path, out_dir: Path, weight: float, args: a
 
 
 def bpc(model, tokenizer, texts: dict[str, list[str]]) -> dict[str, float]:
-    from evaluation.bpc import bits_per_character
+    from lingraft.evaluation.bpc import bits_per_character
     return {lang: bits_per_character(model, tokenizer, docs, max_length=512).bits_per_character
             for lang, docs in texts.items()}
 
@@ -97,7 +96,7 @@ def trained_model(model_dir: Path, final: Path):
     """The original weights with the run's trained tensors loaded over them."""
     from transformers import AutoModelForCausalLM
 
-    from train.backends.local_backend import read_trainable_state
+    from lingraft.train.backends.local_backend import read_trainable_state
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     missing, unexpected = model.load_state_dict(read_trainable_state(final / "engine"), strict=False)
     if unexpected:
@@ -112,7 +111,7 @@ def main() -> None:
 
     from lingraft.log import setup_logging
     from lingraft.real_model import smollm2_path
-    from train.metrics_log import read_metrics
+    from lingraft.train.metrics_log import read_metrics
     setup_logging()
     torch.manual_seed(args.seed)
     model_dir = smollm2_path()

@@ -43,9 +43,9 @@ def _cpu_seconds() -> float:
 
 
 def _clean_parts(tmp: Path) -> Path:
-    from data_prep.clean_config import CleanConfig, CleanStageConfig, NearDedupConfig
-    from data_prep.clean_stage import run_clean
-    from data_prep.readers import SourceConfig
+    from lingraft.data_prep.clean_config import CleanConfig, CleanStageConfig, NearDedupConfig
+    from lingraft.data_prep.clean_stage import run_clean
+    from lingraft.data_prep.readers import SourceConfig
     cfg = CleanStageConfig(sources=[SourceConfig(path=str(SHARED / "ru_text/ruslit.jsonl.xz"), name="ruslit")],
                            out=str(tmp / "clean"), clean=CleanConfig(near_dedup=NearDedupConfig(enabled=False)))
     return run_clean(cfg)
@@ -60,8 +60,8 @@ def _raw(backend, texts: list[str], fast: bool) -> tuple[int, float, float]:
 
 
 def _pack(clean: Path, out: Path, tokenizer: str, workers: int) -> tuple[int, float, float]:
-    from data_prep.pack import run_pack
-    from data_prep.pack_config import PackConfig
+    from lingraft.data_prep.pack import run_pack
+    from lingraft.data_prep.pack_config import PackConfig
     from lingraft.manifest import read_manifest
     shutil.rmtree(out, ignore_errors=True)
     cfg = PackConfig(out=out, tokenizer=tokenizer, input=clean, seq_len=BLOCK, eos_token="<|end_of_text|>",
@@ -107,10 +107,9 @@ def main() -> None:
     os.environ["RAYON_NUM_THREADS"] = str(args.workers)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
-    sys.path.insert(0, str(REPO))
-    from data_prep.readers import iter_texts
+    from lingraft.data_prep.readers import iter_texts
     from lingraft.log import setup_logging
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     setup_logging()
 
     tmp = Path(tempfile.mkdtemp(prefix="pack_bench_"))

@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", REPO.parent / "shared" / "data"))
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 
@@ -72,9 +71,9 @@ def save_shards(folder: Path, shards: list[dict[str, torch.Tensor] | Path]) -> N
 def build_family(root: Path, hidden: int, layers: int, per_shard: int) -> dict[str, Path]:
     from transformers import LlamaConfig
 
-    from vocabulary.embedding_init import padded_size
-    from vocabulary.loading import load_tokenizer
-    from vocabulary.token_matching import adopt_special_tokens, build_mean_map
+    from lingraft.vocabulary.embedding_init import padded_size
+    from lingraft.vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.token_matching import adopt_special_tokens, build_mean_map
     inter = hidden * 11 // 4
     base_tok = load_tokenizer(SHARED / "tokenizers" / "mistral" / "mistral7b_v0.1_tokenizer.model")
     new_tok = load_tokenizer(SHARED / "tokenizers" / "ruadapt_darulm_32k_bpe")

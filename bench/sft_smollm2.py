@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SHARED = REPO.parent / "shared" / "data"
 ARENA = SHARED / "instruct" / "ru_arena_hard_qwen3_235b_answers.jsonl.xz"
@@ -33,7 +32,7 @@ SEED_TASKS = SHARED / "instruct" / "rulm_ru_alpaca_seed_tasks.jsonl"
 
 
 def write_split(work: Path, heldout: int) -> tuple[Path, Path]:
-    from data_prep.chat import alpaca_messages
+    from lingraft.data_prep.chat import alpaca_messages
     with lzma.open(ARENA, "rt", encoding="utf-8") as fh:
         arena = [json.loads(line)["messages"] for line in fh]
     seed = []
@@ -55,8 +54,8 @@ def answer_loss(model_dir: Path, data_dir: Path, batch_size: int = 4) -> tuple[f
     import torch
     from transformers import AutoModelForCausalLM
 
-    from data_prep.dataset import IGNORE_INDEX, PackedDataset
-    from train.loss import micro_batch_loss
+    from lingraft.data_prep.dataset import IGNORE_INDEX, PackedDataset
+    from lingraft.train.loss import micro_batch_loss
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
     samples = list(PackedDataset(data_dir, shuffle=False))
     total, count = 0.0, 0
@@ -86,11 +85,11 @@ def main() -> None:
     from lingraft.config import build_config
     from lingraft.log import setup_logging
     from lingraft.real_model import smollm2_path
-    from data_prep.sft_config import SftPackConfig
-    from data_prep.sft_pack import run_sft_pack
-    from train.config import TrainConfig
-    from train.export import ExportConfig, export
-    from train.loop import train
+    from lingraft.data_prep.sft_config import SftPackConfig
+    from lingraft.data_prep.sft_pack import run_sft_pack
+    from lingraft.train.config import TrainConfig
+    from lingraft.train.export import ExportConfig, export
+    from lingraft.train.loop import train
     setup_logging()
     base = smollm2_path()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-sft-"))

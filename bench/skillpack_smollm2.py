@@ -31,13 +31,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", REPO.parent / "shared" / "data"))
 os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
 
 
 def ruslit(skip: int, count: int) -> list[str]:
-    from data_prep.readers import iter_texts
+    from lingraft.data_prep.readers import iter_texts
     return list(islice(iter_texts(SHARED / "ru_text" / "ruslit.jsonl.xz", "text"), skip, skip + count))
 
 
@@ -45,7 +44,7 @@ def fine_tune(base: Path, out: Path, text: str, steps: int, batch: int, seq: int
     """`steps` AdamW steps of next-token loss on consecutive `seq`-token chunks of `text`."""
     from transformers import AutoModelForCausalLM
 
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     torch.manual_seed(0)
     tok = load_tokenizer(base)
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -83,17 +82,17 @@ def fine_tune(base: Path, out: Path, text: str, steps: int, batch: int, seq: int
 def bpc(folder: Path, texts: list[str], max_length: int) -> float:
     from transformers import AutoModelForCausalLM
 
-    from evaluation.bpc import bits_per_character
-    from vocabulary.loading import load_tokenizer
+    from lingraft.evaluation.bpc import bits_per_character
+    from lingraft.vocabulary.loading import load_tokenizer
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     return bits_per_character(model, load_tokenizer(folder), texts, max_length=max_length).bits_per_character
 
 
 def pack_row(base: Path, tuned: Path, work: Path, beta: float, precision: str, held_out: list[str],
              max_length: int) -> dict:
-    from propagate.skillpack_apply import run_apply
-    from propagate.skillpack_config import SkillpackApplyConfig, SkillpackCreateConfig, SkillpackVerifyConfig
-    from propagate.skillpack_stage import run_create, run_verify
+    from lingraft.propagate.skillpack_apply import run_apply
+    from lingraft.propagate.skillpack_config import SkillpackApplyConfig, SkillpackCreateConfig, SkillpackVerifyConfig
+    from lingraft.propagate.skillpack_stage import run_create, run_verify
     top, rest = precision.split("/")
     pack, applied = work / f"pack-{beta}-{top}", work / f"applied-{beta}-{top}"
     clock = time.perf_counter()

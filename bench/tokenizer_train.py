@@ -17,15 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sentencepiece as spm  # noqa: E402
 
-from data_prep.readers import iter_texts  # noqa: E402
-from vocabulary.corpus import CorpusText  # noqa: E402
-from vocabulary.loading import load_tokenizer  # noqa: E402
-from vocabulary.stats import count_text, tokenizer_stats  # noqa: E402
-from vocabulary.training import TrainParams, scratch_pipeline, train_tokenizer  # noqa: E402
+from lingraft.data_prep.readers import iter_texts  # noqa: E402
+from lingraft.vocabulary.corpus import CorpusText  # noqa: E402
+from lingraft.vocabulary.loading import load_tokenizer  # noqa: E402
+from lingraft.vocabulary.stats import count_text, tokenizer_stats  # noqa: E402
+from lingraft.vocabulary.training import TrainParams, scratch_pipeline, train_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MAX_LINE_BYTES = 1 << 16

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 SHAPES = {
     "transformer": {"hidden_size": 384, "intermediate_size": 1024, "num_hidden_layers": 8,
@@ -111,7 +110,7 @@ class RandomPacked:
 
 def _config(args, workdir: Path, shape: str, trainable: str, doc_mask: bool):
     from lingraft.config import build_config
-    from train.config import TrainConfig
+    from lingraft.train.config import TrainConfig
     return build_config(TrainConfig, overrides={
         "model": str(workdir / shape), "data": "in-memory",
         "out_dir": str(workdir / f"run-{shape}-{trainable}-{doc_mask}"),
@@ -125,8 +124,8 @@ def _peak_rss_per_rank() -> list[float]:
     import torch
 
     from lingraft.memory import peak_rss_bytes
-    from train.dist import DistInfo
-    from train.loop import per_rank
+    from lingraft.train.dist import DistInfo
+    from lingraft.train.loop import per_rank
     dist = DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), 0)
     return [v / 2**30 for v in per_rank(peak_rss_bytes(), dist, torch.device("cpu"))]
 
@@ -135,8 +134,8 @@ def _single_process_optimizer_bytes(cfg) -> int:
     """What one process's AdamW holds for the same trainable tensors (the unsharded figure)."""
     import torch
 
-    from train.model_setup import build_model, resolve_runtime
-    from train.optim import build_optimizer, optimizer_state_bytes
+    from lingraft.train.model_setup import build_model, resolve_runtime
+    from lingraft.train.optim import build_optimizer, optimizer_state_bytes
     model, _ = build_model(cfg, resolve_runtime(cfg))
     optimizer = build_optimizer(model, cfg.optim)
     for param in model.parameters():
@@ -152,9 +151,9 @@ def _hf_trainer_step(args, cfg) -> tuple[float, float]:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from train.dist import skip_deepspeed_shm_build
-    from train.ds_config import fill_ds_config
-    from train.model_setup import apply_trainable
+    from lingraft.train.dist import skip_deepspeed_shm_build
+    from lingraft.train.ds_config import fill_ds_config
+    from lingraft.train.model_setup import apply_trainable
     skip_deepspeed_shm_build()
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
@@ -191,7 +190,7 @@ def worker(args) -> None:
     import torch
 
     from lingraft.log import setup_logging
-    from train.loop import train
+    from lingraft.train.loop import train
     setup_logging()
     workdir = Path(args.workdir)
     results: dict = {"runs": []}
@@ -234,7 +233,7 @@ def _make_models(workdir: Path) -> None:
 def _predicted_ratio(shape: str, seq: int) -> float:
     from transformers import AutoConfig
 
-    from train.flops import GradPlan, ModelShape, training_flops_per_token
+    from lingraft.train.flops import GradPlan, ModelShape, training_flops_per_token
     from_hf = ModelShape.from_hf_config(AutoConfig.for_model("llama", **SHAPES[shape]))
     keys = seq / 4       # random documents of seq/8..seq tokens: about a quarter of the sample attended
     flops = {mode: training_flops_per_token(from_hf, GradPlan.for_mode(mode, from_hf), keys)

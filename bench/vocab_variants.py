@@ -19,16 +19,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
 
-from data_prep.readers import iter_texts  # noqa: E402
-from vocabulary.corpus import CorpusText  # noqa: E402
-from vocabulary.extend import extend, reencoded_words  # noqa: E402
-from vocabulary.loading import load_tokenizer  # noqa: E402
-from vocabulary.optimize import optimize  # noqa: E402
-from vocabulary.stats import count_text, tokenizer_stats  # noqa: E402
-from vocabulary.training import TrainParams, base_pipeline, train_tokenizer  # noqa: E402
+from lingraft.data_prep.readers import iter_texts  # noqa: E402
+from lingraft.vocabulary.corpus import CorpusText  # noqa: E402
+from lingraft.vocabulary.extend import extend, reencoded_words  # noqa: E402
+from lingraft.vocabulary.loading import load_tokenizer  # noqa: E402
+from lingraft.vocabulary.optimize import optimize  # noqa: E402
+from lingraft.vocabulary.stats import count_text, tokenizer_stats  # noqa: E402
+from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer  # noqa: E402
 
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", ROOT.parent / "shared" / "data"))
 BASES = {  # name: (spec, Optimized keep, Optimized add)

@@ -38,7 +38,7 @@ class AlpacaConvertConfig:
 
 def task_chats(task: Any, cfg: AlpacaConvertConfig) -> list[list[dict[str, str]]] | str:
     """The chats of one task, or the reason it is unusable."""
-    from data_prep.chat import alpaca_messages
+    from lingraft.data_prep.chat import alpaca_messages
     if not isinstance(task, dict):
         return "not_an_object"
     instruction, instances = task.get(cfg.instruction_field), task.get(cfg.instances_field)
@@ -57,8 +57,8 @@ def task_chats(task: Any, cfg: AlpacaConvertConfig) -> list[list[dict[str, str]]
 
 
 def run_alpaca_convert(cfg: AlpacaConvertConfig) -> Path:
-    from data_prep.readers import iter_json_lines
-    from data_prep.records import DropLog
+    from lingraft.data_prep.readers import iter_json_lines
+    from lingraft.data_prep.records import DropLog
     from lingraft.atomic import atomic_dir
     from lingraft.errors import LingraftError
     from lingraft.log import get_logger

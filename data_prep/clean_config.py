@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data_prep.readers import SourceConfig
+from lingraft.data_prep.readers import SourceConfig
 from lingraft.config import ConfigError, require
 
 NormalForm = Literal["NFC", "NFKC", "NFD", "NFKD", "none"]

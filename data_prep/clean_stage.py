@@ -18,12 +18,12 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from data_prep.clean_config import CleanConfig, CleanStageConfig
-from data_prep.cleaning import ScriptFilter, length_problem, normalize_text
-from data_prep.dedup import ExactDeduplicator, NearDeduplicator
-from data_prep.mixing import CharMixer
-from data_prep.readers import detect_format, iter_documents
-from data_prep.records import Document, DropLog
+from lingraft.data_prep.clean_config import CleanConfig, CleanStageConfig
+from lingraft.data_prep.cleaning import ScriptFilter, length_problem, normalize_text
+from lingraft.data_prep.dedup import ExactDeduplicator, NearDeduplicator
+from lingraft.data_prep.mixing import CharMixer
+from lingraft.data_prep.readers import detect_format, iter_documents
+from lingraft.data_prep.records import Document, DropLog
 from lingraft.atomic import atomic_dir
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from data_prep.clean_config import CleanConfig, NormalForm
+from lingraft.data_prep.clean_config import CleanConfig, NormalForm
 
 _N_CODEPOINTS = 0x110000
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_prep.packed_format import FORMAT, ShardArrays, check_file, open_shard
+from lingraft.data_prep.packed_format import FORMAT, ShardArrays, check_file, open_shard
 from lingraft.errors import LingraftError
 from lingraft.manifest import ManifestError, read_manifest
 

@@ -22,8 +22,8 @@ import unicodedata
 
 import numpy as np
 
-from data_prep.clean_config import NearDedupConfig
-from data_prep.cleaning import CodepointTable, codepoints
+from lingraft.data_prep.clean_config import NearDedupConfig
+from lingraft.data_prep.cleaning import CodepointTable, codepoints
 
 _U64 = np.uint64
 _U32 = np.uint32

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
-from data_prep.records import Document
+from lingraft.data_prep.records import Document
 
 
 @dataclass

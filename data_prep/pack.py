@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.pack_config import PackConfig
-from data_prep.packed_format import (FORMAT, ShardBuilder, packed_outputs, read_valid_done, shard_name,
+from lingraft.data_prep.pack_config import PackConfig
+from lingraft.data_prep.packed_format import (FORMAT, ShardBuilder, packed_outputs, read_valid_done, shard_name,
                                      token_dtype, write_done)
 from lingraft.atomic import TMP_PREFIX, clean_stale_tmp
 from lingraft.errors import LingraftError
@@ -265,9 +265,9 @@ STAGE = "prep.pack"
 def _clean_first(cfg: PackConfig) -> None:
     """Run `prep clean` on cfg.sources into <out>/clean, unless a finished clean output with
     the same inputs and parameters is already there."""
-    from data_prep.clean_config import CleanStageConfig
-    from data_prep.clean_stage import STAGE as CLEAN_STAGE
-    from data_prep.clean_stage import run_clean
+    from lingraft.data_prep.clean_config import CleanStageConfig
+    from lingraft.data_prep.clean_stage import STAGE as CLEAN_STAGE
+    from lingraft.data_prep.clean_stage import run_clean
     clean_cfg = CleanStageConfig(sources=cfg.sources, out=str(Path(cfg.out) / "clean"), clean=cfg.clean, mix=cfg.mix)
     expected = new_manifest(CLEAN_STAGE, clean_cfg, inputs={s.name: s.path for s in cfg.sources}).fingerprint
     try:
@@ -298,8 +298,8 @@ class RankResult:
 
 def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
     """Pack this rank's shards (k % world.size == rank), skipping those already done."""
-    from data_prep.clean_stage import read_clean_parts  # validates the parts' checksums
-    from vocabulary.loading import load_tokenizer, tokenizer_fingerprint
+    from lingraft.data_prep.clean_stage import read_clean_parts  # validates the parts' checksums
+    from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
 
     out = Path(cfg.out)
     parts = read_clean_parts(input_dir)

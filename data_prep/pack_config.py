@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_prep.clean_config import CleanConfig, MixConfig
-from data_prep.readers import SourceConfig
+from lingraft.data_prep.clean_config import CleanConfig, MixConfig
+from lingraft.data_prep.readers import SourceConfig
 from lingraft.config import require
 
 SampleStart = Literal["stream", "document", "paragraph"]

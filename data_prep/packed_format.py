@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from data_prep.pack_config import SampleStart
+from lingraft.data_prep.pack_config import SampleStart
 from lingraft.atomic import atomic_open, write_json
 from lingraft.errors import LingraftError
 from lingraft.hashing import remember, sha256_file

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
-from data_prep.records import Document, DropLog
+from lingraft.data_prep.records import Document, DropLog
 from lingraft.config import require
 from lingraft.errors import LingraftError
 from lingraft.manifest import MANIFEST_NAME

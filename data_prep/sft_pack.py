@@ -23,11 +23,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_prep.chat import ChatError, RenderedChat, encode_chat, resolve_template
-from data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype, write_done
-from data_prep.readers import iter_json_lines
-from data_prep.records import DropLog
-from data_prep.sft_config import SftPackConfig
+from lingraft.data_prep.chat import ChatError, RenderedChat, encode_chat, resolve_template
+from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype, write_done
+from lingraft.data_prep.readers import iter_json_lines
+from lingraft.data_prep.records import DropLog
+from lingraft.data_prep.sft_config import SftPackConfig
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 
@@ -174,7 +174,7 @@ def pack_chats(cfg: SftPackConfig, tok: Any, template: str, out: Path, drops: Dr
 def run_sft_pack(cfg: SftPackConfig) -> Path:
     from lingraft.atomic import atomic_dir
     from lingraft.manifest import new_manifest
-    from vocabulary.loading import load_tokenizer, tokenizer_fingerprint
+    from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
 
     started = time.perf_counter()
     tok = load_tokenizer(cfg.tokenizer)

@@ -19,12 +19,12 @@ from itertools import islice
 from statistics import fmean
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from data_prep.readers import iter_texts
-from evaluation.config import CopyEvalConfig
-from evaluation.data import parse_set_spec
-from evaluation.generation import chat_prompt_ids, generate_greedy
-from evaluation.models import load_model
-from evaluation.results import write_result
+from lingraft.data_prep.readers import iter_texts
+from lingraft.evaluation.config import CopyEvalConfig
+from lingraft.evaluation.data import parse_set_spec
+from lingraft.evaluation.generation import chat_prompt_ids, generate_greedy
+from lingraft.evaluation.models import load_model
+from lingraft.evaluation.results import write_result
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 

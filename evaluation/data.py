@@ -5,8 +5,8 @@ import json
 from itertools import islice
 from pathlib import Path
 
-from data_prep.readers import iter_texts, open_binary
-from data_prep.records import DropLog
+from lingraft.data_prep.readers import iter_texts, open_binary
+from lingraft.data_prep.records import DropLog
 from lingraft.errors import LingraftError
 
 

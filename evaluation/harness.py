@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evaluation.config import HarnessConfig
+from lingraft.evaluation.config import HarnessConfig
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from data_prep.records import DropLog
-from evaluation.bpc import Window, score_windows, start_token_id
-from evaluation.config import McEvalConfig
-from evaluation.data import parse_set_spec
-from evaluation.mc_adapters import source_records
-from evaluation.models import load_model
-from evaluation.results import write_result
+from lingraft.data_prep.records import DropLog
+from lingraft.evaluation.bpc import Window, score_windows, start_token_id
+from lingraft.evaluation.config import McEvalConfig
+from lingraft.evaluation.data import parse_set_spec
+from lingraft.evaluation.mc_adapters import source_records
+from lingraft.evaluation.models import load_model
+from lingraft.evaluation.results import write_result
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 

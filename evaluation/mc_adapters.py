@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from data_prep.readers import iter_json_lines
+from lingraft.data_prep.readers import iter_json_lines
 from lingraft.errors import LingraftError
 
 Record = dict[str, Any]

@@ -58,7 +58,7 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", trust_remot
     import torch
     from transformers import AutoModelForCausalLM
 
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     seed_everything(seed)
     name, spec = split_name(spec)
     folder = resolve_model(spec)

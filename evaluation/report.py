@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evaluation.config import ReportConfig
-from evaluation.results import HEADLINE, read_result
+from lingraft.evaluation.config import ReportConfig
+from lingraft.evaluation.results import HEADLINE, read_result
 from lingraft.atomic import atomic_path, write_json
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger

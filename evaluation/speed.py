@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluation.config import SpeedEvalConfig
-from evaluation.data import parse_set_spec, read_texts
-from evaluation.generation import chat_prompt_ids, timed_generate
-from evaluation.models import LoadedModel, load_model
-from evaluation.results import write_result
+from lingraft.evaluation.config import SpeedEvalConfig
+from lingraft.evaluation.data import parse_set_spec, read_texts
+from lingraft.evaluation.generation import chat_prompt_ids, timed_generate
+from lingraft.evaluation.models import LoadedModel, load_model
+from lingraft.evaluation.results import write_result
 from lingraft.log import get_logger
 
 log = get_logger(__name__)

@@ -5,11 +5,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from evaluation.bpc import bits_per_character
-from evaluation.config import BpcEvalConfig, TokenizerEvalConfig
-from evaluation.data import parse_set_spec, read_texts
-from evaluation.models import load_model, split_name
-from evaluation.results import write_result
+from lingraft.evaluation.bpc import bits_per_character
+from lingraft.evaluation.config import BpcEvalConfig, TokenizerEvalConfig
+from lingraft.evaluation.data import parse_set_spec, read_texts
+from lingraft.evaluation.models import load_model, split_name
+from lingraft.evaluation.results import write_result
 from lingraft.log import get_logger
 
 log = get_logger(__name__)
@@ -33,8 +33,8 @@ def run_bpc(cfg: BpcEvalConfig) -> dict[str, Any]:
 
 
 def run_tokenizer(cfg: TokenizerEvalConfig) -> dict[str, Any]:
-    from vocabulary.loading import load_tokenizer
-    from vocabulary.stats import count_text, tokenizer_stats
+    from lingraft.vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.stats import count_text, tokenizer_stats
     from lingraft.checkpoint import resolve_model
     texts = read_texts(cfg.data, cfg.text_field, max_chars=cfg.max_chars)
     name, spec = split_name(cfg.model)

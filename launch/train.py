@@ -14,10 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lingraft.cli import _add_config_flags, run_command  # noqa: E402
-from train.commands import TRAIN  # noqa: E402
+from lingraft.train.commands import TRAIN  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     # The deepspeed launcher appends --local_rank; the rank is read from LOCAL_RANK instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from train.loop import train
+    from lingraft.train.loop import train
     return run_command(TRAIN, args, "launch/train.py", runner=train)
 
 

@@ -33,12 +33,12 @@ class Command:
 
 
 def _commands() -> list[Command]:
-    from data_prep.commands import COMMANDS as prep
-    from evaluation.commands import COMMANDS as evaluation
+    from lingraft.data_prep.commands import COMMANDS as prep
+    from lingraft.evaluation.commands import COMMANDS as evaluation
     from lingraft.commands import COMMANDS as pipeline
-    from propagate.commands import COMMANDS as propagate
-    from train.commands import COMMANDS as train
-    from vocabulary.commands import COMMANDS as vocab
+    from lingraft.propagate.commands import COMMANDS as propagate
+    from lingraft.train.commands import COMMANDS as train
+    from lingraft.vocabulary.commands import COMMANDS as vocab
     return [*vocab, *prep, *train, *propagate, *pipeline, *evaluation]
 
 

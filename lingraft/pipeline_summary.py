@@ -76,7 +76,7 @@ def key_metric(command: str, out: Path | None, dotted: str | None) -> str:
     if record is None:
         return ""
     if dotted is None and "task" in record and "meta" in record:      # an eval result JSON
-        from evaluation.results import HEADLINE
+        from lingraft.evaluation.results import HEADLINE
         keys = HEADLINE.get(record["task"], ())
         dotted = keys[0] if keys else None
     dotted = dotted or DEFAULT_METRICS.get(command)

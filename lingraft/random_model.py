@@ -46,7 +46,7 @@ def run_random_model(cfg: RandomModelConfig) -> dict[str, Any]:
     from lingraft.atomic import atomic_dir
     from lingraft.errors import LingraftError
     from lingraft.manifest import new_manifest
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
 
     tok = load_tokenizer(cfg.tokenizer)
     rows = -(-len(tok) // cfg.pad_to_multiple) * cfg.pad_to_multiple

@@ -11,11 +11,11 @@ import random
 from itertools import islice
 from typing import Any
 
-from data_prep.readers import iter_texts
-from data_prep.records import DropLog
-from evaluation.copy_task import paragraphs_of
+from lingraft.data_prep.readers import iter_texts
+from lingraft.data_prep.records import DropLog
+from lingraft.evaluation.copy_task import paragraphs_of
 from lingraft.errors import LingraftError
-from propagate.calibrate_config import CopyConfig
+from lingraft.propagate.calibrate_config import CopyConfig
 
 
 def sample_passages(cfg: CopyConfig, seed: int, drops: DropLog) -> list[str]:

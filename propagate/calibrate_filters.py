@@ -12,9 +12,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from data_prep.records import DropLog
+from lingraft.data_prep.records import DropLog
 from lingraft.errors import LingraftError
-from propagate.calibrate_config import JudgeConfig, LoopFilter, ScriptFilter
+from lingraft.propagate.calibrate_config import JudgeConfig, LoopFilter, ScriptFilter
 
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _WORD = re.compile(r"\w+")

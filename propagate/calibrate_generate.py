@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from data_prep.records import DropLog
+from lingraft.data_prep.records import DropLog
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
-from propagate.calibrate_config import GenerationSettings
-from propagate.calibrate_prompts import Prompt, fit_prompt
+from lingraft.propagate.calibrate_config import GenerationSettings
+from lingraft.propagate.calibrate_prompts import Prompt, fit_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -55,11 +55,11 @@ class HFBackend:
     """`transformers` generate, through evaluation.generation's batched greedy decoding."""
 
     def __init__(self, folder: Path, settings: GenerationSettings, seed: int) -> None:
-        from evaluation.models import load_model
+        from lingraft.evaluation.models import load_model
         self.loaded = load_model(str(folder), settings.dtype, settings.device, settings.trust_remote_code, seed)
 
     def answer(self, prompts: list[list[int]], max_new_tokens: int) -> list[Answer]:
-        from evaluation.generation import generate_greedy
+        from lingraft.evaluation.generation import generate_greedy
         gens = generate_greedy(self.loaded.model, self.loaded.tokenizer, prompts, max_new_tokens,
                                batch_size=len(prompts), desc="batch")
         return [Answer(g.text, g.tokens, g.stopped) for g in gens]
@@ -99,7 +99,7 @@ def open_backend(name: str, folder: Path, settings: GenerationSettings, seed: in
 
 def model_context(folder: Path, trust_remote_code: bool) -> int | None:
     """The model's context length (max_position_embeddings), read from its config alone."""
-    from propagate.compat import load_config
+    from lingraft.propagate.compat import load_config
     return getattr(load_config(str(folder), trust_remote_code), "max_position_embeddings", None)
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from data_prep.readers import iter_json_lines, open_binary
-from data_prep.records import DropLog
-from evaluation.generation import chat_prompt_ids
+from lingraft.data_prep.readers import iter_json_lines, open_binary
+from lingraft.data_prep.records import DropLog
+from lingraft.evaluation.generation import chat_prompt_ids
 from lingraft.errors import LingraftError
-from propagate.calibrate_config import PromptSourceConfig
+from lingraft.propagate.calibrate_config import PromptSourceConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -34,16 +34,16 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from data_prep.records import DropLog
+from lingraft.data_prep.records import DropLog
 from lingraft.atomic import atomic_open, clean_stale_tmp
 from lingraft.checkpoint import resolve_model
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from propagate.calibrate_config import CalibrateConfig
-from propagate.calibrate_copy import copy_examples, sample_passages
-from propagate.calibrate_filters import filter_answers
-from propagate.calibrate_generate import (
+from lingraft.propagate.calibrate_config import CalibrateConfig
+from lingraft.propagate.calibrate_copy import copy_examples, sample_passages
+from lingraft.propagate.calibrate_filters import filter_answers
+from lingraft.propagate.calibrate_generate import (
     GENERATIONS,
     backend_name,
     fit_prompts,
@@ -53,7 +53,7 @@ from propagate.calibrate_generate import (
     prompt_budget,
     prompts_fingerprint,
 )
-from propagate.calibrate_prompts import load_prompts
+from lingraft.propagate.calibrate_prompts import load_prompts
 
 log = get_logger(__name__)
 
@@ -98,14 +98,14 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
         if not Path(path).exists():   # found now, not after hours of generation
             raise LingraftError(f"{path}: no such file or folder")
     if cfg.train.enabled:   # a bad train setting fails now, not after hours of generation
-        from propagate.calibrate_train import train_config
+        from lingraft.propagate.calibrate_train import train_config
         train_config(cfg, out, cfg.train.max_steps or 1)
 
     # generate
     prompt_drops = DropLog()
     prompts = load_prompts(cfg.prompts, prompt_drops)
     folder = resolve_model(cfg.instruct)
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     tokenizer = load_tokenizer(folder, cfg.generation.trust_remote_code)
     budget = prompt_budget(cfg.generation, model_context(folder, cfg.generation.trust_remote_code))
     fitted, truncated = fit_prompts(prompts, tokenizer, budget, cfg.generation.long_prompts, prompt_drops)
@@ -151,7 +151,7 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
     }
     outputs: dict[str, Any] = {"generations": GENERATIONS, "calibration": CALIBRATION, "rejected": REJECTED}
     if cfg.train.enabled:
-        from propagate.calibrate_train import run_training
+        from lingraft.propagate.calibrate_train import run_training
         metrics["train"] = run_training(cfg, out / CALIBRATION)
         outputs["model"] = metrics["train"]["model"]
     metrics["seconds"] = round(time.perf_counter() - started, 3)

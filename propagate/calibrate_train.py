@@ -16,7 +16,7 @@ from typing import Any
 from lingraft.atomic import write_bytes
 from lingraft.config import ConfigError, build_config
 from lingraft.log import get_logger
-from propagate.calibrate_config import CalibrateConfig
+from lingraft.propagate.calibrate_config import CalibrateConfig
 
 log = get_logger(__name__)
 
@@ -26,7 +26,7 @@ FINGERPRINT_FILE = "calibration_fingerprint.txt"
 
 def train_config(cfg: CalibrateConfig, data: Path, max_steps: int) -> Any:
     """The TrainConfig of the fine-tuning run: the calibrate settings, then `train.overrides` on top."""
-    from train.config import TrainConfig
+    from lingraft.train.config import TrainConfig
     t = cfg.train
     tree: dict[str, Any] = {
         "model": cfg.model, "data": str(data), "out_dir": str(Path(cfg.out) / RUN_DIR), "max_steps": max_steps,
@@ -44,17 +44,17 @@ def train_config(cfg: CalibrateConfig, data: Path, max_steps: int) -> Any:
 
 def steps_for(samples: int, train_cfg: Any, epochs: float) -> int:
     """Optimizer steps that show every packed sample `epochs` times across all ranks."""
-    from train.launcher import world_size
+    from lingraft.train.launcher import world_size
     per_step = train_cfg.micro_batch_size * train_cfg.grad_accum_steps * world_size(train_cfg)
     return max(1, math.ceil(epochs * samples / per_step))
 
 
 def launch(run_cfg: Any) -> None:
     """One local process trains right here; anything else goes through `lingraft train`'s launcher."""
-    from train.launcher import launcher_for, preflight
-    from train.launcher import run as launch_training
+    from lingraft.train.launcher import launcher_for, preflight
+    from lingraft.train.launcher import run as launch_training
     if launcher_for(run_cfg) == "none":
-        from train.loop import train
+        from lingraft.train.loop import train
         preflight(run_cfg)
         train(run_cfg)
     else:
@@ -82,10 +82,10 @@ def fresh_run_dir(run_dir: Path, fingerprint: str) -> None:
 
 def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
     """Pack, train and export; returns what the manifest reports about it."""
-    from data_prep.sft_config import SftPackConfig
-    from data_prep.sft_pack import run_sft_pack
+    from lingraft.data_prep.sft_config import SftPackConfig
+    from lingraft.data_prep.sft_pack import run_sft_pack
     from lingraft.manifest import read_manifest
-    from train.export import ExportConfig, export
+    from lingraft.train.export import ExportConfig, export
 
     out = Path(cfg.out)
     sft = run_sft_pack(SftPackConfig(input=[str(calibration)], tokenizer=cfg.model, out=str(out / SFT_DIR),

@@ -19,10 +19,10 @@ from lingraft.checkpoint_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from propagate.compat import check_compatible, load_config
-from propagate.hydra_config import HydraExportConfig, HydraPlainConfig
-from propagate.hydra_model import HydraSpec, Vocabulary
-from vocabulary.loading import load_tokenizer
+from lingraft.propagate.compat import check_compatible, load_config
+from lingraft.propagate.hydra_config import HydraExportConfig, HydraPlainConfig
+from lingraft.propagate.hydra_model import HydraSpec, Vocabulary
+from lingraft.vocabulary.loading import load_tokenizer
 
 log = get_logger(__name__)
 _COMPARE_CHUNK = 16 << 20

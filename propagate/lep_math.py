@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 
 from lingraft.errors import LingraftError
-from vocabulary.token_map import FALLBACK, PROVENANCES, TokenMap
+from lingraft.vocabulary.token_map import FALLBACK, PROVENANCES, TokenMap
 
 BLOCK_ROWS = 4096
 F64 = torch.float64

@@ -29,10 +29,10 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from propagate.compat import check_compatible, load_config
-from propagate.config import PropagateConfig
-from propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
-from propagate.vocabularies import (
+from lingraft.propagate.compat import check_compatible, load_config
+from lingraft.propagate.config import PropagateConfig
+from lingraft.propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
+from lingraft.propagate.vocabularies import (
     OutputVocabulary,
     ResolvedTokenMap,
     check_siblings,
@@ -40,10 +40,10 @@ from propagate.vocabularies import (
     resolve_token_map,
     shared_tokens,
 )
-from vocabulary.embedding_init import padded_size
-from vocabulary.init_stage import write_config_files
-from vocabulary.loading import load_tokenizer
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.embedding_init import padded_size
+from lingraft.vocabulary.init_stage import write_config_files
+from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 
 log = get_logger(__name__)
 

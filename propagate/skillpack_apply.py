@@ -38,15 +38,15 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from propagate.lep_math import copy_rows, grow_rows, propagate_table
-from propagate.skillpack_config import SkillpackApplyConfig
-from propagate.skillpack_format import SkillPack, copy_model_files, model_fingerprint, tensor_digests
-from propagate.skillpack_stage import reconstruct, vocab_digest
-from propagate.vocabularies import OutputVocabulary, output_vocabulary
-from vocabulary.embedding_init import padded_size
-from vocabulary.init_stage import write_config_files
-from vocabulary.loading import load_tokenizer
-from vocabulary.token_map import TOKEN_MAP_NAME
+from lingraft.propagate.lep_math import copy_rows, grow_rows, propagate_table
+from lingraft.propagate.skillpack_config import SkillpackApplyConfig
+from lingraft.propagate.skillpack_format import SkillPack, copy_model_files, model_fingerprint, tensor_digests
+from lingraft.propagate.skillpack_stage import reconstruct, vocab_digest
+from lingraft.propagate.vocabularies import OutputVocabulary, output_vocabulary
+from lingraft.vocabulary.embedding_init import padded_size
+from lingraft.vocabulary.init_stage import write_config_files
+from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 log = get_logger(__name__)
 _ONE_SHARD = 1 << 62        # write_checkpoint's shard limit when a source shard must stay one file

@@ -38,7 +38,7 @@ from lingraft.hashing import sha256_file
 from lingraft.log import progress
 from lingraft.manifest import MANIFEST_NAME
 from lingraft.paths import require_inside
-from propagate.skillpack_math import (
+from lingraft.propagate.skillpack_math import (
     FLOAT_DTYPES,
     INT_BITS,
     LowRank,
@@ -46,7 +46,7 @@ from propagate.skillpack_math import (
     dequantize_rows,
     quantize_rows,
 )
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 
 FORMAT = "lingraft.skillpack/1"
 STAGE = "skillpack create"

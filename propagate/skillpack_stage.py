@@ -23,8 +23,8 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from propagate.skillpack_config import SkillpackCreateConfig, SkillpackInspectConfig, SkillpackVerifyConfig
-from propagate.skillpack_format import (
+from lingraft.propagate.skillpack_config import SkillpackCreateConfig, SkillpackInspectConfig, SkillpackVerifyConfig
+from lingraft.propagate.skillpack_format import (
     FORMAT,
     MODEL_FILES,
     PACK_FILE,
@@ -42,7 +42,7 @@ from propagate.skillpack_format import (
     tensor_digests,
     tensor_layout,
 )
-from propagate.skillpack_math import (
+from lingraft.propagate.skillpack_math import (
     add_delta,
     add_row_delta,
     band_ranks,
@@ -51,7 +51,7 @@ from propagate.skillpack_math import (
     relative_error,
     truncated_svd,
 )
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -73,7 +73,7 @@ def vocab_digest(tok: "PreTrainedTokenizerFast") -> str:
 
 
 def _optional_tokenizer(folder: Path, trust_remote_code: bool) -> "PreTrainedTokenizerFast | None":
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     try:
         return load_tokenizer(folder, trust_remote_code)
     except (LingraftError, OSError, ValueError):
@@ -120,7 +120,7 @@ def encode_module(cfg: SkillpackCreateConfig, name: str, base: torch.Tensor, tun
 def run_create(cfg: SkillpackCreateConfig) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from propagate.vocabularies import resolve_token_map
+    from lingraft.propagate.vocabularies import resolve_token_map
     clock = time.perf_counter()
     base_dir, tuned_dir = resolve_model(cfg.base), resolve_model(cfg.tuned)
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)

@@ -16,9 +16,9 @@ import torch
 
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from vocabulary.loading import load_tokenizer
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
-from vocabulary.token_matching import adopt_special_tokens, build_mean_map, bytes_index, describe_vocabulary
+from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.token_matching import adopt_special_tokens, build_mean_map, bytes_index, describe_vocabulary
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -43,7 +43,7 @@ def smollm2() -> Path:
 
 def gpt2_with_chat_token(shared: Path):
     """The real GPT-2 tokenizer plus one special chat token: a stand-in for a chat model's 'old' vocabulary."""
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     tok = load_tokenizer(shared / "tokenizers" / "gpt2")
     tok.add_tokens(["<|im_start|>"], special_tokens=True)
     return tok
@@ -51,8 +51,8 @@ def gpt2_with_chat_token(shared: Path):
 
 def train_small_ru_tokenizer(shared: Path, out: Path, vocab_size: int, max_chars: int) -> Path:
     """A small SentencePiece-style BPE (byte fallback) on a RusLit slice: a 'new' vocabulary."""
-    from vocabulary.config import TrainTokenizerConfig
-    from vocabulary.training import run_train
+    from lingraft.vocabulary.config import TrainTokenizerConfig
+    from lingraft.vocabulary.training import run_train
     run_train(TrainTokenizerConfig(data=[str(shared / "ru_text" / "ruslit.jsonl.xz")], out=str(out),
                                    vocab_size=vocab_size, style="sentencepiece", max_chars=max_chars))
     return out

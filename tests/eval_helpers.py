@@ -11,7 +11,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 
 def chat_tokenizer(shared: Path):
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     tok = load_tokenizer(shared / "tokenizers" / "gpt2")
     tok.add_tokens(["<|im_start|>"], special_tokens=True)
     tok.chat_template = CHAT_TEMPLATE

@@ -9,8 +9,8 @@ import torch
 from lingraft.config import ConfigError
 from lingraft.errors import LingraftError
 from tests.train_tiny import in_memory_source, losses, make_tiny_llama, packed_samples, tiny_config
-from train.anchor import Anchor, SharedTokens, kl_to_reference, shared_from_token_map, shared_prefix_mask
-from train.metrics_log import read_metrics
+from lingraft.train.anchor import Anchor, SharedTokens, kl_to_reference, shared_from_token_map, shared_prefix_mask
+from lingraft.train.metrics_log import read_metrics
 
 
 def direct_kl(p_logits: list[float], q_logits: list[float]) -> float:
@@ -68,7 +68,7 @@ def test_shared_prefix_mask_stops_at_the_first_new_token_of_each_document():
 
 
 def test_shared_tokens_from_a_token_map(tmp_path):
-    from vocabulary.token_map import TokenMap
+    from lingraft.vocabulary.token_map import TokenMap
     rows = [{0: 1.0}, {2: 1.0}, {0: 0.5, 1: 0.5}, {}, {3: 1.0}, {2: 1.0}]
     provenance = ["kept", "kept", "mean", "fallback", "special", "kept"]
     path = TokenMap.from_rows(rows, provenance, old_vocab=4).save(tmp_path / "token_map.safetensors")
@@ -93,7 +93,7 @@ def _tiny_pair(tmp_path):
 
 
 def test_weight_zero_reproduces_plain_cross_entropy_exactly(tmp_path):
-    from train.loss import micro_batch_loss
+    from lingraft.train.loss import micro_batch_loss
     model, reference, batch = _tiny_pair(tmp_path)
     with torch.no_grad():                                 # the model drifts away from the reference
         model.lm_head.weight.add_(0.05 * torch.randn_like(model.lm_head.weight))
@@ -110,7 +110,7 @@ def test_weight_zero_reproduces_plain_cross_entropy_exactly(tmp_path):
 
 
 def test_anchored_loss_is_ce_plus_weighted_kl_and_the_reference_gets_no_gradient(tmp_path):
-    from train.loss import micro_batch_loss
+    from lingraft.train.loss import micro_batch_loss
     model, reference, batch = _tiny_pair(tmp_path)
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     with torch.no_grad():
@@ -131,7 +131,7 @@ def test_anchored_loss_is_ce_plus_weighted_kl_and_the_reference_gets_no_gradient
 def test_anchored_run_logs_kl_and_stays_closer_to_the_reference(tmp_path):
     from safetensors.torch import load_file
 
-    from train.loop import train
+    from lingraft.train.loop import train
     model = make_tiny_llama(tmp_path / "m")
     base = load_file(model / "model.safetensors")
     finals = {}
@@ -152,7 +152,7 @@ def test_anchored_run_logs_kl_and_stays_closer_to_the_reference(tmp_path):
 
 
 def test_shared_tokens_against_a_smaller_reference_vocabulary(tmp_path):
-    from train.loop import train
+    from lingraft.train.loop import train
     model = make_tiny_llama(tmp_path / "m")                           # 96 tokens: 0..79 old, 80..95 new
     reference = make_tiny_llama(tmp_path / "ref", vocab=80, seed=1)
     with pytest.raises(LingraftError, match="anchor.tokens=all: the model has 96 tokens, the reference 80"):

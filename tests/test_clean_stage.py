@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.clean_config import CleanConfig, CleanStageConfig, MixConfig
-from data_prep.clean_stage import read_clean_parts, run_clean
-from data_prep.readers import SourceConfig
+from lingraft.data_prep.clean_config import CleanConfig, CleanStageConfig, MixConfig
+from lingraft.data_prep.clean_stage import read_clean_parts, run_clean
+from lingraft.data_prep.readers import SourceConfig
 from lingraft.config import build_config
 from lingraft.errors import DataError, LingraftError
 from lingraft.hashing import sha256_file

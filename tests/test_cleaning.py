@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 
-from data_prep.clean_config import CleanConfig, NearDedupConfig
-from data_prep.cleaning import CodepointTable, ScriptFilter, codepoints, length_problem, normalize_text
-from data_prep.dedup import ExactDeduplicator, NearDeduplicator, ShingleHasher, minhash_signature
-from data_prep.mixing import CharMixer
-from data_prep.readers import iter_texts
-from data_prep.records import Document
+from lingraft.data_prep.clean_config import CleanConfig, NearDedupConfig
+from lingraft.data_prep.cleaning import CodepointTable, ScriptFilter, codepoints, length_problem, normalize_text
+from lingraft.data_prep.dedup import ExactDeduplicator, NearDeduplicator, ShingleHasher, minhash_signature
+from lingraft.data_prep.mixing import CharMixer
+from lingraft.data_prep.readers import iter_texts
+from lingraft.data_prep.records import Document
 
 
 def test_normalize_forms():

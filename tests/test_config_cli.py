@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from data_prep.clean_config import CleanStageConfig
+from lingraft.data_prep.clean_config import CleanStageConfig
 from lingraft.cli import Command, build_parser, config_from_args
 from lingraft.config import ConfigError, build_config, parse_override, require, to_dict
 

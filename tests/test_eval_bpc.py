@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from evaluation.bpc import bits_per_character, document_windows
+from lingraft.evaluation.bpc import bits_per_character, document_windows
 from tests.eval_helpers import chat_tokenizer, tiny_chat_model
 
 TEXTS = ["Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный — пора, красавица, проснись.",
@@ -110,7 +110,7 @@ def test_smollm2_matches_direct_computation(smollm2, shared):
     """Real weights on a Russian sentence, with and without a sliding window."""
     from transformers import AutoModelForCausalLM
 
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     with open(shared / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
         text = json.loads(fh.readline())["text"]
     tok = load_tokenizer(smollm2)

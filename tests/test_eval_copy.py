@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from evaluation.copy_task import char_match, copy_metrics, length_ratio, paragraphs_of
+from lingraft.evaluation.copy_task import char_match, copy_metrics, length_ratio, paragraphs_of
 from tests.eval_helpers import chat_tokenizer, tiny_chat_model
 
 

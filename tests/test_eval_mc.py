@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from data_prep.records import DropLog
-from evaluation.mc import McItem, accuracy, load_items, prompts_with_shots, score_items, validate
+from lingraft.data_prep.records import DropLog
+from lingraft.evaluation.mc import McItem, accuracy, load_items, prompts_with_shots, score_items, validate
 from lingraft.errors import DataError, LingraftError
 from tests.eval_helpers import chat_tokenizer, tiny_chat_model
 

@@ -58,12 +58,12 @@ def test_side_by_side_report(models, shared, tmp_path, run_cli):
 
 
 def test_harness_needs_lm_eval(models, tmp_path, run_cli, monkeypatch):
-    import evaluation.harness
-    from evaluation.config import HarnessConfig
-    from evaluation.harness import harness_command
+    import lingraft.evaluation.harness
+    from lingraft.evaluation.config import HarnessConfig
+    from lingraft.evaluation.harness import harness_command
     cfg = HarnessConfig(model=str(models["adapted"]), tasks=["arc_easy"], out=str(tmp_path), limit=5)
     cmd = harness_command(cfg)
     assert cmd[1:5] == ["-m", "lm_eval", "--model", "hf"] and f"pretrained={models['adapted']}" in cmd[6]
-    monkeypatch.setattr(evaluation.harness, "harness_installed", lambda: False)
+    monkeypatch.setattr(lingraft.evaluation.harness, "harness_installed", lambda: False)
     code, _, err = run_cli("eval", "harness", "--model", models["adapted"], "--tasks", "arc_easy", "--out", tmp_path)
     assert code == 1 and "pip install lm-eval" in err and "lm_eval --model hf --model_args pretrained=" in err

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lingraft.errors import LingraftError
-from vocabulary.bpe_surgery import plan_extension, plan_shrink, reachable
-from vocabulary.extend import extend, read_vocab_map, reencoded_words
-from vocabulary.loading import backend_json, load_tokenizer
+from lingraft.vocabulary.bpe_surgery import plan_extension, plan_shrink, reachable
+from lingraft.vocabulary.extend import extend, read_vocab_map, reencoded_words
+from lingraft.vocabulary.loading import backend_json, load_tokenizer
 
 BASES = {"llama3": "tokenizers/llama3/tokenizer.json.xz", "mistral": "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"}
 MIXED = ("Привет, мир! Как дела у тебя сегодня? Hello world, this is English text.\n"
@@ -25,13 +25,13 @@ def base_tokenizer(shared: Path, name: str):
 
 @lru_cache(maxsize=None)
 def russian(shared: Path, max_chars: int = 600_000) -> tuple[str, ...]:
-    from vocabulary.corpus import CorpusText
+    from lingraft.vocabulary.corpus import CorpusText
     return tuple(CorpusText([str(shared / "ru_text/ruslit.jsonl.xz")], "text", max_chars))
 
 
 @lru_cache(maxsize=None)
 def english(shared: Path) -> tuple[str, ...]:
-    from vocabulary.corpus import CorpusText
+    from lingraft.vocabulary.corpus import CorpusText
     return tuple(CorpusText([str(shared / "en_text/fineweb_en_sample.jsonl")], "text"))
 
 
@@ -44,7 +44,7 @@ def ud_sentences(shared: Path) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def new_tokenizer(shared: Path, name: str, vocab_size: int = 3000):
     """A small Russian BPE trained with the base's pipeline (training.py's `like: base`)."""
-    from vocabulary.training import TrainParams, base_pipeline, train_tokenizer
+    from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer
     base = base_tokenizer(shared, name)
     return train_tokenizer(russian(shared), base_pipeline(base, []), TrainParams("bpe", vocab_size))
 

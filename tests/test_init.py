@@ -11,7 +11,7 @@ import torch
 from lingraft.checkpoint import INDEX_FILE
 from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
 from tests.test_checkpoint import all_tensors, save_tiny_llama
-from vocabulary.token_map import TokenMap
+from lingraft.vocabulary.token_map import TokenMap
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
@@ -230,7 +230,7 @@ def _reference_bits(model, ids_per_doc: list[list[int]], start: int, window: int
 def test_bits_per_character_matches_direct_computation(tied_model, old_tokenizer, window):
     from transformers import AutoModelForCausalLM
 
-    from evaluation.bpc import bits_per_character
+    from lingraft.evaluation.bpc import bits_per_character
     model = AutoModelForCausalLM.from_pretrained(str(tied_model), dtype=torch.float32)
     texts = ["Мороз и солнце; день чудесный!", "", "A short one.", "Ещё ты дремлешь, друг прелестный — пора, красавица, проснись!"]
     ids = [old_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts if t]
@@ -248,11 +248,11 @@ def test_mean_init_beats_random_on_smollm2(smollm2, shared):
     than rows drawn at random from the old rows' distribution (bits per character on UD sentences)."""
     from transformers import AutoModelForCausalLM
 
-    from evaluation.bpc import bits_per_character
-    from vocabulary.init_config import InitConfig
-    from vocabulary.init_stage import build_tables
-    from vocabulary.loading import load_tokenizer
-    from vocabulary.token_matching import adopt_special_tokens
+    from lingraft.evaluation.bpc import bits_per_character
+    from lingraft.vocabulary.init_config import InitConfig
+    from lingraft.vocabulary.init_stage import build_tables
+    from lingraft.vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.token_matching import adopt_special_tokens
     old_tok = load_tokenizer(smollm2)
     new_tok = load_tokenizer(shared / "tokenizers" / "ruadapt_darulm_32k_bpe")
     adopt_special_tokens(new_tok, old_tok)

@@ -8,9 +8,9 @@ import torch
 
 from lingraft.errors import LingraftError
 from tests.train_tiny import in_memory_source, make_tiny_llama, packed_samples, tiny_config
-from train.checkpointing import LATEST, checkpoint_root, latest_checkpoint
-from train.loop import train
-from train.model_setup import build_model, resolve_runtime
+from lingraft.train.checkpointing import LATEST, checkpoint_root, latest_checkpoint
+from lingraft.train.loop import train
+from lingraft.train.model_setup import build_model, resolve_runtime
 
 LORA = {"trainable": "lora", "lora.r": 4, "lora.target_modules": ["q_proj", "v_proj", "down_proj"]}
 
@@ -77,8 +77,8 @@ def test_deepspeed_gets_the_model_with_adapters_already_injected(tmp_path, monke
     """ZeRO builds its flat buffers from requires_grad at initialize: LoRA must be in place by then."""
     import deepspeed
 
-    from train.backends import build_backend
-    from train.dist import DistInfo
+    from lingraft.train.backends import build_backend
+    from lingraft.train.dist import DistInfo
     seen = {}
 
     class Stop(Exception):

@@ -9,10 +9,10 @@ import pytest
 
 from lingraft.errors import LingraftError
 from tests.test_extend import BASES, MIXED, base_tokenizer, n_tokens, new_tokenizer, russian, ud_sentences
-from vocabulary.bpe_surgery import atoms, merge_list, reachable
-from vocabulary.extend import read_vocab_map
-from vocabulary.loading import backend_json, load_tokenizer
-from vocabulary.optimize import by_usage, optimize, usage_counts
+from lingraft.vocabulary.bpe_surgery import atoms, merge_list, reachable
+from lingraft.vocabulary.extend import read_vocab_map
+from lingraft.vocabulary.loading import backend_json, load_tokenizer
+from lingraft.vocabulary.optimize import by_usage, optimize, usage_counts
 
 KEEP = {"llama3": 20_000, "mistral": 8_000}
 ADD = {"llama3": 500, "mistral": 800}   # below what the 3000-token new BPEs offer beyond the kept base

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.clean_config import CleanConfig, CleanStageConfig, MixConfig, NearDedupConfig
-from data_prep.clean_stage import run_clean
-from data_prep.pack import run_pack
-from data_prep.pack_config import PackConfig
-from data_prep.packed_format import plan_samples, token_dtype, unused_tail
-from data_prep.readers import SourceConfig
+from lingraft.data_prep.clean_config import CleanConfig, CleanStageConfig, MixConfig, NearDedupConfig
+from lingraft.data_prep.clean_stage import run_clean
+from lingraft.data_prep.pack import run_pack
+from lingraft.data_prep.pack_config import PackConfig
+from lingraft.data_prep.packed_format import plan_samples, token_dtype, unused_tail
+from lingraft.data_prep.readers import SourceConfig
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.manifest import read_manifest
@@ -99,7 +99,7 @@ def test_token_dtype_follows_the_vocabulary_size():
 # ---------------------------------------------------------------- shard contents
 
 def test_shards_hold_every_document_with_bos_eos_and_a_complete_manifest(shared, clean_dir, reference):
-    from vocabulary.loading import load_tokenizer, tokenizer_fingerprint
+    from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
     tok = load_tokenizer(shared / MISTRAL)
     manifest = read_manifest(reference)
     out = manifest["outputs"]

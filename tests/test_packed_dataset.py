@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_prep.dataset import IGNORE_INDEX, PackedDataset
-from data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
+from lingraft.data_prep.dataset import IGNORE_INDEX, PackedDataset
+from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
 from lingraft.errors import LingraftError
 from lingraft.manifest import new_manifest
 

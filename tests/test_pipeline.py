@@ -94,7 +94,7 @@ def test_interrupted_stage_resumes_and_changed_stage_discards_stale_output(tmp_p
     real = pipeline.resolve_runner
 
     def interrupted_pack(spec):
-        if spec.startswith("data_prep.pack"):
+        if spec.startswith("lingraft.data_prep.pack"):
             def killed(cfg):
                 raise KeyboardInterrupt
             return killed
@@ -180,7 +180,9 @@ def test_slurm_template_runs_the_pipeline_preset(tmp_path, shared):
     """launch/slurm_pipeline.sbatch up to a dry run of the preset: hostfile, environment, every stage config."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "python3").symlink_to(sys.executable)
+    # A wrapper, not a symlink: the virtual environment (and lingraft in it) is found from the real path.
+    (fake_bin / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (fake_bin / "python3").chmod(0o755)
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "CONFIG": "configs/llama3-8b-ru.yaml", "LINGRAFT_DIR": str(REPO),
            "SLURM_JOB_NODELIST": "gpu[01-02]", "SLURM_JOB_ID": "77", "SLURM_NNODES": "2", "GPUS_PER_NODE": "8",
            "HOSTFILE": str(tmp_path / "hostfile"), "LINGRAFT_SHARED": str(shared),

@@ -17,7 +17,7 @@ from lingraft.pipeline import run_pipeline
 from lingraft.pipeline_config import PipelineConfig
 from tests.conftest import REPO
 from tests.train_tiny import free_port, launch_env, losses
-from vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.loading import load_tokenizer
 
 pytestmark = pytest.mark.slow
 

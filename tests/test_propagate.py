@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
 from tests.test_checkpoint import all_tensors
-from vocabulary.token_map import TOKEN_MAP_NAME
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 HIDDEN = 32
@@ -187,7 +187,7 @@ def test_output_keeps_instruct_special_tokens_and_generates(untied, converted):
 def test_output_carries_the_token_map_of_the_new_rows(untied, converted):
     from transformers import AutoTokenizer
 
-    from vocabulary.token_map import TokenMap
+    from lingraft.vocabulary.token_map import TokenMap
     root, _ = untied
     carried, adapted = TokenMap.load(converted), TokenMap.load(root / "A")
     for field in ("indptr", "indices", "weights", "provenance"):

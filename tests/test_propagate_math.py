@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lingraft.errors import LingraftError
-from propagate.compat import check_compatible
-from propagate.lep_math import (apply_map, dense_blocks, fit_linear_map, mapped_rows, propagate_table,
+from lingraft.propagate.compat import check_compatible
+from lingraft.propagate.lep_math import (apply_map, dense_blocks, fit_linear_map, mapped_rows, propagate_table,
                                 selection_map, token_map_blocks)
-from vocabulary.token_map import TokenMap
+from lingraft.vocabulary.token_map import TokenMap
 
 OLD, NEW, D = 300, 220, 24
 

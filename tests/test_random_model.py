@@ -11,7 +11,7 @@ TINY = ["--set", "architecture.hidden_size=16", "--set", "architecture.intermedi
 def test_random_model_around_a_real_tokenizer(run_cli, shared, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     out = tmp_path / "model"
     code, stdout, err = run_cli("model", "random", "--tokenizer", shared / "tokenizers" / "gpt2", "--out", out,
                                 "--model-type", "qwen2", "--pad-to-multiple", "64", *TINY)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.readers import SourceConfig, detect_format, iter_documents, iter_texts
-from data_prep.records import DropLog
+from lingraft.data_prep.readers import SourceConfig, detect_format, iter_documents, iter_texts
+from lingraft.data_prep.records import DropLog
 from lingraft.errors import DataError, LingraftError
 
 TEXTS = ["Привет, мир!", "Hello, world.", "Ελληνικά κείμενα", "emoji 🙂 and ünïcödé"]

@@ -123,19 +123,19 @@ def test_full_disk_during_propagation_is_one_line_and_keeps_the_old_output(famil
 # -- training: a full disk at a checkpoint ---------------------------------------------------
 FILL_DISK_AFTER_FIRST_CHECKPOINT = """
 import json, resource, signal, sys
-import train.loop
+import lingraft.train.loop
 from lingraft.errors import LingraftError
 from tests.train_tiny import in_memory_source, tiny_config
 model, run, overrides, limit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-real = train.loop.save_checkpoint
+real = lingraft.train.loop.save_checkpoint
 def save_then_fill(*args, **kwargs):
     path = real(*args, **kwargs)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     return path
-train.loop.save_checkpoint = save_then_fill
+lingraft.train.loop.save_checkpoint = save_then_fill
 try:
-    train.loop.train(tiny_config(model, run, **overrides), in_memory_source)
+    lingraft.train.loop.train(tiny_config(model, run, **overrides), in_memory_source)
 except LingraftError as exc:
     print(exc, file=sys.stderr)
     sys.exit(1)
@@ -144,8 +144,8 @@ except LingraftError as exc:
 
 def test_full_disk_at_a_training_checkpoint_keeps_the_last_one_and_resumes_exactly(tmp_path):
     from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
-    from train.checkpointing import latest_checkpoint
-    from train.loop import train
+    from lingraft.train.checkpointing import latest_checkpoint
+    from lingraft.train.loop import train
     model = make_tiny_llama(tmp_path / "m")
     overrides = {"max_steps": 4, "checkpoint.every_steps": 2}
     train(tiny_config(model, tmp_path / "ref", **overrides), in_memory_source)

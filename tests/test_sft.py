@@ -9,7 +9,7 @@ from itertools import islice
 import pytest
 import torch
 
-from data_prep.chat import alpaca_messages, encode_chat, render_chat
+from lingraft.data_prep.chat import alpaca_messages, encode_chat, render_chat
 from lingraft.errors import DataError, LingraftError
 
 ARENA = "instruct/ru_arena_hard_qwen3_235b_answers.jsonl.xz"
@@ -47,13 +47,13 @@ def _seed_chats(shared) -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def smol_tok(smollm2):
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     return load_tokenizer(str(smollm2))
 
 
 @pytest.fixture(scope="module")
 def llama3_tok(shared):
-    from vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.loading import load_tokenizer
     return load_tokenizer(shared / "tokenizers" / "llama3" / "tokenizer.json.xz")
 
 
@@ -104,7 +104,7 @@ BAD = ['{"messages": [{"role": "assistant", "content": "сначала отве�
 
 
 def test_prep_sft_packs_whole_chats_masks_prompts_and_counts_skips(tmp_path, shared, smollm2, smol_tok, run_cli):
-    from data_prep.dataset import IGNORE_INDEX, PackedDataset
+    from lingraft.data_prep.dataset import IGNORE_INDEX, PackedDataset
     chats = _arena(shared, 24) + _seed_chats(shared)[:40]
     _write_chats(tmp_path / "chats.jsonl.gz", chats, BAD)
     seq_len = 512
@@ -137,8 +137,8 @@ def test_prep_sft_packs_whole_chats_masks_prompts_and_counts_skips(tmp_path, sha
 
 
 def test_strict_mode_and_missing_template_are_errors(tmp_path, shared, smollm2, llama3_tok, run_cli):
-    from data_prep.sft_config import SftPackConfig
-    from data_prep.sft_pack import run_sft_pack
+    from lingraft.data_prep.sft_config import SftPackConfig
+    from lingraft.data_prep.sft_pack import run_sft_pack
     _write_chats(tmp_path / "bad.jsonl.gz", _arena(shared, 2), BAD[:1])
     strict = SftPackConfig(input=[str(tmp_path / "bad.jsonl.gz")], tokenizer=str(smollm2), out=str(tmp_path / "o"),
                            seq_len=256, strict=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lingraft.errors import LingraftError
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 
 
 def _example() -> TokenMap:
@@ -56,7 +56,7 @@ def test_saved_bytes_are_the_same_in_every_process(tmp_path):
     import sys
     tmap = _example()
     tmap.save(tmp_path / "here.safetensors")
-    script = ("import sys, torch; from vocabulary.token_map import TokenMap; "
+    script = ("import sys, torch; from lingraft.vocabulary.token_map import TokenMap; "
               "TokenMap.load(sys.argv[1]).save(sys.argv[2])")
     for k in range(2):
         subprocess.run([sys.executable, "-c", script, str(tmp_path / "here.safetensors"),

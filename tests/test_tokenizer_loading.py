@@ -7,7 +7,7 @@ import pytest
 import sentencepiece as spm
 
 from lingraft.errors import LingraftError
-from vocabulary.loading import load_tokenizer, save_tokenizer, tokenizer_fingerprint, tokenizer_kind
+from lingraft.vocabulary.loading import load_tokenizer, save_tokenizer, tokenizer_fingerprint, tokenizer_kind
 
 PROBE = "Привет, мир! Hello, world — 42 ёжика.\nВторая строка\tс табуляцией 😀"
 

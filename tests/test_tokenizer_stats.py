@@ -7,9 +7,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import PreTrainedTokenizerFast
 
-from vocabulary.loading import load_tokenizer
-from vocabulary.stats import count_text, parse_named_spec, tokenizer_stats
-from vocabulary.training import BYTE_PIECES
+from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.stats import count_text, parse_named_spec, tokenizer_stats
+from lingraft.vocabulary.training import BYTE_PIECES
 
 
 def tiny_spm_bpe(byte_fallback: bool) -> PreTrainedTokenizerFast:

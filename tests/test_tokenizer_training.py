@@ -10,8 +10,8 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer
 
 from lingraft.manifest import read_manifest
-from vocabulary.loading import load_tokenizer, tokenizer_kind
-from vocabulary.training import BYTE_PIECES, TrainParams, base_pipeline, scratch_pipeline, train_tokenizer
+from lingraft.vocabulary.loading import load_tokenizer, tokenizer_kind
+from lingraft.vocabulary.training import BYTE_PIECES, TrainParams, base_pipeline, scratch_pipeline, train_tokenizer
 
 PROBES = ["Привет, мир!  Как дела?\n\tВсё хорошо — 42 рубля, 3.14 и ёЁ.",
           "English text: it's 2024, numbers 1234567 and CamelCase.",

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.train_tiny import make_tiny_llama
-from train.attention import attention_inputs, block_causal_mask
-from train.flops import GradPlan, ModelShape, attended_keys_per_token, training_flops_per_token
+from lingraft.train.attention import attention_inputs, block_causal_mask
+from lingraft.train.flops import GradPlan, ModelShape, attended_keys_per_token, training_flops_per_token
 
 
 def test_block_causal_mask_is_block_diagonal():

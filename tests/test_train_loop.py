@@ -14,9 +14,9 @@ import torch
 from lingraft.errors import LingraftError
 from tests.conftest import REPO
 from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
-from train.checkpointing import latest_checkpoint
-from train.loop import train
-from train.metrics_log import read_metrics
+from lingraft.train.checkpointing import latest_checkpoint
+from lingraft.train.loop import train
+from lingraft.train.metrics_log import read_metrics
 
 
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
@@ -48,7 +48,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_with_step_and_last_good_checkpoint(tmp_path, monkeypatch):
-    import train.backends.local_backend as local
+    import lingraft.train.backends.local_backend as local
     calls = {"n": 0}
     real = local.micro_batch_loss
 
@@ -101,7 +101,7 @@ def test_config_errors_are_reported_before_launch(tmp_path, run_cli):
 
 def test_data_from_another_tokenizer_is_refused(tmp_path):
     from tests.train_tiny import write_packed_folder
-    from train.data import check_data_matches_model
+    from lingraft.train.data import check_data_matches_model
     data = write_packed_folder(tmp_path / "data", vocab=200)
     with pytest.raises(LingraftError, match="vocabulary of 200 but the model has only 96"):
         check_data_matches_model(data, tmp_path, 96)
@@ -111,7 +111,7 @@ def test_each_backend_gets_its_launcher_and_the_entry_accepts_fsdp(tmp_path, cap
     import importlib.util
     from pathlib import Path
 
-    from train.launcher import command
+    from lingraft.train.launcher import command
     fsdp = tiny_config(tmp_path, tmp_path / "o", backend="fsdp", **{"launch.nproc_per_node": 2})
     assert command(fsdp, Path("c.yaml"))[:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"]
     mpi = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", **{"launch.launcher": "mpirun"})

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tests.train_tiny import VOCAB, make_tiny_llama, packed_samples
-from train.optim import build_optimizer
-from train.config import OptimConfig
-from train.split_vocab import VocabSplit, merge_rows, split_model_tables
+from lingraft.train.optim import build_optimizer
+from lingraft.train.config import OptimConfig
+from lingraft.train.split_vocab import VocabSplit, merge_rows, split_model_tables
 
 
 def _load(path):
@@ -69,9 +69,9 @@ def test_bad_new_ids_are_clear_errors():
 def test_new_rows_come_from_the_token_map_and_padding_rows_stay_frozen(tmp_path):
     """`lingraft init` pads tables past the tokenizer: the map covers fewer tokens than rows."""
     from lingraft.errors import LingraftError
-    from train.config import TrainConfig
-    from train.model_setup import new_token_ids
-    from vocabulary.token_map import TokenMap
+    from lingraft.train.config import TrainConfig
+    from lingraft.train.model_setup import new_token_ids
+    from lingraft.vocabulary.token_map import TokenMap
     rows = [{0: 1.0}, {1: 1.0}, {0: 0.5, 1: 0.5}, {}]
     TokenMap.from_rows(rows, ["kept", "special", "mean", "fallback"], old_vocab=2).save(tmp_path / "map.safetensors")
     cfg = TrainConfig(model=tmp_path, data=tmp_path, out_dir=tmp_path / "run", max_steps=1,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lingraft.errors import LingraftError
-from vocabulary.alignment import AlignerParams, align_words, symmetrize, word_pairs_from_dictionary
-from vocabulary.translation_resources import (TranslationResourceConfig, parse_resource_spec, read_resource,
+from lingraft.vocabulary.alignment import AlignerParams, align_words, symmetrize, word_pairs_from_dictionary
+from lingraft.vocabulary.translation_resources import (TranslationResourceConfig, parse_resource_spec, read_resource,
                                               split_words, strip_gettext)
-from vocabulary.transtokenize import (Smoother, TransTokenizeParams, WordSegmenter, build_transtokenize_map,
+from lingraft.vocabulary.transtokenize import (Smoother, TransTokenizeParams, WordSegmenter, build_transtokenize_map,
                                       project_to_tokens, prune_row)
 
 ANIMALS = [("cat", "кошка"), ("dog", "собака")]
@@ -28,8 +28,8 @@ def _write_jsonl(path, records) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizers(shared):
-    from vocabulary.loading import load_tokenizer
-    from vocabulary.token_matching import build_mean_map
+    from lingraft.vocabulary.loading import load_tokenizer
+    from lingraft.vocabulary.token_matching import build_mean_map
     old = load_tokenizer(shared / "tokenizers" / "gpt2")
     new = load_tokenizer(shared / "tokenizers" / "ruadapt_darulm_32k_bpe")
     return old, new, build_mean_map(old, new)

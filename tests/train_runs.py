@@ -14,15 +14,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> None:
     from lingraft.config import build_config
     from lingraft.log import setup_logging
-    from train.config import TrainConfig
-    from train.dist import shutdown
-    from train.loop import train
+    from lingraft.train.config import TrainConfig
+    from lingraft.train.dist import shutdown
+    from lingraft.train.loop import train
     setup_logging()
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment.
     for path in (a for a in argv if not a.startswith("--local_rank")):

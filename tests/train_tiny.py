@@ -61,7 +61,7 @@ class ListSource:
 
 def tiny_config(model: Path, out_dir: Path, **overrides):
     from lingraft.config import build_config
-    from train.config import TrainConfig
+    from lingraft.train.config import TrainConfig
     base = {"model": str(model), "data": "in-memory", "out_dir": str(out_dir), "backend": "local",
             "max_steps": 8, "micro_batch_size": 2, "grad_accum_steps": 2,
             "optim": {"warmup_steps": 2, "lr": 3e-3}, "checkpoint": {"every_steps": 3, "keep_last": 2},
@@ -98,7 +98,7 @@ if __name__ == "__main__":   # python -m tests.train_tiny MODEL OUT_DIR '{"dotte
     import sys
 
     from lingraft.log import setup_logging
-    from train.loop import train
+    from lingraft.train.loop import train
     setup_logging()
     stall_at = int(sys.argv[4])
     train(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), **json.loads(sys.argv[3])),
@@ -113,7 +113,7 @@ def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: 
     """
     import numpy as np
 
-    from data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
+    from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
     from lingraft.manifest import new_manifest
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,7 +188,7 @@ def free_port() -> int:
 
 
 def losses(out_dir: Path) -> list[tuple[int, float]]:
-    from train.metrics_log import read_metrics
+    from lingraft.train.metrics_log import read_metrics
     return [(row["step"], row["loss"]) for row in read_metrics(out_dir)]
 
 

@@ -57,9 +57,9 @@ from torch import nn
 
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from train.config import AnchorConfig, TrainConfig, parse_id_ranges
-from train.loss import IGNORE
-from train.model_setup import copies_old_row, token_map_path
+from lingraft.train.config import AnchorConfig, TrainConfig, parse_id_ranges
+from lingraft.train.loss import IGNORE
+from lingraft.train.model_setup import copies_old_row, token_map_path
 
 log = get_logger(__name__)
 
@@ -134,7 +134,7 @@ class SharedTokens:
 
 def shared_from_token_map(path: Path, model_vocab: int, ref_vocab: int) -> SharedTokens:
     """Rows of provenance kept/special copy exactly one old row: those tokens are shared."""
-    from vocabulary.token_map import TokenMap
+    from lingraft.vocabulary.token_map import TokenMap
     if not Path(path).is_file():
         raise LingraftError(f"anchor.token_map: {path} not found (tokens=shared needs a token map or shared_ids)")
     tmap = TokenMap.load(path)
@@ -186,7 +186,7 @@ class Anchor:
 
     def step_metrics(self, mean_loss: float, device: torch.device) -> dict[str, float]:
         """Mean KL of this step's micro-batches over all ranks (a collective), and the CE part of the loss."""
-        from train.backends.base import global_mean_loss
+        from lingraft.train.backends.base import global_mean_loss
         kls, self._kls = self._kls, []
         kl = global_mean_loss(kls, device)
         return {"kl": kl, "ce": mean_loss - self.weight * kl}

@@ -27,7 +27,7 @@ import torch
 from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, out_of_space, write_json
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from train.dist import DistInfo, barrier
+from lingraft.train.dist import DistInfo, barrier
 
 log = get_logger(__name__)
 

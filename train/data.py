@@ -73,7 +73,7 @@ def model_tokenizer_fingerprint(model_dir: Path) -> str | None:
     """The fingerprint of the tokenizer saved with the model, or None if it has none."""
     if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         return None
-    from vocabulary.loading import load_tokenizer, tokenizer_fingerprint
+    from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
     return tokenizer_fingerprint(load_tokenizer(str(model_dir)))
 
 
@@ -100,5 +100,5 @@ def check_data_matches_model(data_dir: Path, model_dir: Path, model_vocab: int) 
 
 
 def open_packed(data_dir: Path, rank: int, world_size: int, seed: int) -> SampleSource:
-    from data_prep.dataset import PackedDataset
+    from lingraft.data_prep.dataset import PackedDataset
     return PackedDataset(data_dir, rank=rank, world_size=world_size, seed=seed)

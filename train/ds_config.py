@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lingraft.config import ConfigError
-from train.config import TrainConfig
+from lingraft.train.config import TrainConfig
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "ds_configs"
 

@@ -31,7 +31,7 @@ class ExportConfig:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    from train.checkpointing import STATE_FILE, latest_checkpoint
+    from lingraft.train.checkpointing import STATE_FILE, latest_checkpoint
     if (path / STATE_FILE).is_file():
         return path
     latest = latest_checkpoint(path)
@@ -41,14 +41,14 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def read_trained(ckpt: Path, backend: str) -> dict:
-    from train.checkpointing import ENGINE_DIR
+    from lingraft.train.checkpointing import ENGINE_DIR
     engine = ckpt / ENGINE_DIR
     if backend == "deepspeed":
-        from train.backends.deepspeed_backend import read_trainable_state
+        from lingraft.train.backends.deepspeed_backend import read_trainable_state
     elif backend == "fsdp":
-        from train.backends.fsdp_backend import read_trainable_state
+        from lingraft.train.backends.fsdp_backend import read_trainable_state
     else:
-        from train.backends.local_backend import read_trainable_state
+        from lingraft.train.backends.local_backend import read_trainable_state
     return read_trainable_state(engine)
 
 
@@ -80,7 +80,7 @@ def export(cfg: ExportConfig) -> Path:
 
     from lingraft.atomic import atomic_dir
     from lingraft.manifest import new_manifest
-    from train.checkpointing import STATE_FILE
+    from lingraft.train.checkpointing import STATE_FILE
     ckpt = resolve_checkpoint(Path(cfg.checkpoint))
     state = json.loads((ckpt / STATE_FILE).read_text())
     meta = state["meta"]
@@ -88,7 +88,7 @@ def export(cfg: ExportConfig) -> Path:
     if not (base / "config.json").is_file():
         raise LingraftError(f"export: base model {base} (recorded in {ckpt}) is not available")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    from train.lora import apply_lora, export_lora, lora_from_meta
+    from lingraft.train.lora import apply_lora, export_lora, lora_from_meta
     lora = lora_from_meta(meta)
     if lora is not None:   # the same adapters as in training, so the trained tensors' names exist
         apply_lora(model, lora)

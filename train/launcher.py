@@ -18,7 +18,7 @@ from lingraft.atomic import atomic_open
 from lingraft.config import to_dict
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from train.config import TrainConfig
+from lingraft.train.config import TrainConfig
 
 log = get_logger(__name__)
 
@@ -52,8 +52,8 @@ def world_size(cfg: TrainConfig) -> int:
 def preflight(cfg: TrainConfig) -> None:
     from transformers import AutoConfig
 
-    from train.data import check_data_matches_model
-    from train.ds_config import fill_ds_config
+    from lingraft.train.data import check_data_matches_model
+    from lingraft.train.ds_config import fill_ds_config
     if not (Path(cfg.model) / "config.json").is_file():
         raise LingraftError(f"model: {cfg.model} is not a Hugging Face folder (no config.json)")
     model_config = AutoConfig.from_pretrained(cfg.model)

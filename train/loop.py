@@ -11,17 +11,17 @@ from lingraft.config import to_dict
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.memory import peak_rss_bytes
-from train.backends import NonFiniteLoss, build_backend
-from train.checkpointing import (
+from lingraft.train.backends import NonFiniteLoss, build_backend
+from lingraft.train.checkpointing import (
     latest_checkpoint,
     load_trainer_state,
     prepare_root,
     save_checkpoint,
 )
-from train.config import TrainConfig
-from train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
-from train.dist import DistInfo, all_reduce_sum, init_distributed
-from train.flops import (
+from lingraft.train.config import TrainConfig
+from lingraft.train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
+from lingraft.train.dist import DistInfo, all_reduce_sum, init_distributed
+from lingraft.train.flops import (
     GradPlan,
     ModelShape,
     attended_keys_per_token,
@@ -29,8 +29,8 @@ from train.flops import (
     peak_flops_per_device,
     training_flops_per_token,
 )
-from train.metrics_log import MetricsLogger
-from train.model_setup import Runtime, build_model, decoder_blocks, resolve_runtime
+from lingraft.train.metrics_log import MetricsLogger
+from lingraft.train.model_setup import Runtime, build_model, decoder_blocks, resolve_runtime
 
 log = get_logger(__name__)
 
@@ -156,7 +156,7 @@ def per_rank(value: float, dist: DistInfo, device: torch.device) -> list[float]:
 def _write_manifest(cfg: TrainConfig, out_dir: Path, final: Path, plot: Path | None,
                     opt_bytes: list[float]) -> None:
     from lingraft.manifest import new_manifest
-    from train.metrics_log import read_metrics
+    from lingraft.train.metrics_log import read_metrics
     rows = read_metrics(out_dir)
     manifest = new_manifest("train", cfg)
     manifest.inputs = {"model": {"path": str(cfg.model)}, "data": {"path": str(cfg.data)}}

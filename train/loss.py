@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.attention import attention_inputs
+from lingraft.train.attention import attention_inputs
 
 if TYPE_CHECKING:
-    from train.anchor import Anchor
+    from lingraft.train.anchor import Anchor
 
 IGNORE = -100
 

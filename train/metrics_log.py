@@ -12,7 +12,7 @@ from typing import Any
 
 from lingraft.atomic import atomic_open
 from lingraft.log import get_logger
-from train.config import LogConfig
+from lingraft.train.config import LogConfig
 
 log = get_logger(__name__)
 

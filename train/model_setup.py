@@ -16,8 +16,8 @@ from torch import nn
 
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from train.config import TrainConfig, parse_id_ranges
-from train.split_vocab import VocabSplit, split_model_tables
+from lingraft.train.config import TrainConfig, parse_id_ranges
+from lingraft.train.split_vocab import VocabSplit, split_model_tables
 
 log = get_logger(__name__)
 
@@ -69,13 +69,13 @@ def load_model(path: Path, runtime: Runtime, dtype: torch.dtype) -> nn.Module:
 
 def token_map_path(cfg_token_map: Path | None, model_dir: Path) -> Path:
     """The token map given in the config, else the one `lingraft init` saved with the model."""
-    from vocabulary.token_map import TOKEN_MAP_NAME
+    from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
     return Path(cfg_token_map or Path(model_dir) / TOKEN_MAP_NAME)
 
 
 def copies_old_row(tmap) -> torch.Tensor:
     """(new_vocab,) bool: rows of provenance kept/special, i.e. taken over from the old vocabulary."""
-    from vocabulary.token_map import PROVENANCES
+    from lingraft.vocabulary.token_map import PROVENANCES
     codes = torch.tensor([PROVENANCES.index("kept"), PROVENANCES.index("special")], dtype=torch.uint8)
     return torch.isin(tmap.provenance, codes)
 
@@ -85,7 +85,7 @@ def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
     if cfg.new_token_ids is not None:
         ids = torch.cat([torch.arange(lo, hi) for lo, hi in parse_id_ranges(cfg.new_token_ids)])
     else:
-        from vocabulary.token_map import TokenMap
+        from lingraft.vocabulary.token_map import TokenMap
         path = token_map_path(cfg.token_map, cfg.model)
         if not path.is_file():
             raise LingraftError(f"trainable=new_rows: {path} not found; give token_map or new_token_ids")
@@ -125,7 +125,7 @@ def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
         model.requires_grad_(True)
         return None
     if cfg.trainable == "lora":
-        from train.lora import apply_lora
+        from lingraft.train.lora import apply_lora
         apply_lora(model, cfg.lora)     # in place: adapters (and tables, if asked) are all that trains
         return None
     model.requires_grad_(False)

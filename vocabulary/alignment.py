@@ -34,7 +34,7 @@ from typing import Literal, Sequence
 
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
-from vocabulary.translation_resources import ResourcePairs, is_word, split_words
+from lingraft.vocabulary.translation_resources import ResourcePairs, is_word, split_words
 
 log = get_logger(__name__)
 

@@ -10,8 +10,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from data_prep.readers import iter_texts
-from data_prep.records import DropLog
+from lingraft.data_prep.readers import iter_texts
+from lingraft.data_prep.records import DropLog
 from lingraft.log import get_logger, progress
 
 log = get_logger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lingraft.errors import LingraftError
-from vocabulary.token_map import TokenMap
+from lingraft.vocabulary.token_map import TokenMap
 
 
 def padded_size(rows: int, multiple: int) -> int:

@@ -43,11 +43,11 @@ from lingraft.atomic import atomic_dir, write_json
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import Manifest, new_manifest
-from vocabulary.bpe_surgery import Pair, assemble, bpe_model, merge_list, old_token_ids, plan_extension
-from vocabulary.corpus import CorpusText
-from vocabulary.loading import backend_json, load_tokenizer, tokenizer_fingerprint
-from vocabulary.training import TrainParams, base_pipeline, train_tokenizer
-from vocabulary.variants_config import ExtendConfig, NewVocabSource
+from lingraft.vocabulary.bpe_surgery import Pair, assemble, bpe_model, merge_list, old_token_ids, plan_extension
+from lingraft.vocabulary.corpus import CorpusText
+from lingraft.vocabulary.loading import backend_json, load_tokenizer, tokenizer_fingerprint
+from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer
+from lingraft.vocabulary.variants_config import ExtendConfig, NewVocabSource
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lingraft.config import require
-from vocabulary.translation_resources import TranslationResourceConfig, parse_resource_spec
+from lingraft.vocabulary.translation_resources import TranslationResourceConfig, parse_resource_spec
 
 InitMethod = Literal["mean", "weighted-mean", "transtokenize", "random"]
 

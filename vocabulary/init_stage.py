@@ -31,17 +31,17 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from vocabulary.embedding_init import (
+from lingraft.vocabulary.embedding_init import (
     mapped_table,
     mean_row,
     pad_rows,
     random_table,
     real_rows,
 )
-from vocabulary.init_config import InitConfig
-from vocabulary.loading import load_tokenizer
-from vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
-from vocabulary.token_matching import adopt_special_tokens, build_mean_map
+from lingraft.vocabulary.init_config import InitConfig
+from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from lingraft.vocabulary.token_matching import adopt_special_tokens, build_mean_map
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -77,7 +77,7 @@ def build_token_map(cfg: InitConfig, old_tok: "PreTrainedTokenizerFast",
     if cfg.method in ("mean", "weighted-mean"):
         return build_mean_map(old_tok, new_tok, cfg.method, cfg.position_decay, cfg.whitespace_weight), {}
     if cfg.method == "transtokenize":
-        from vocabulary.transtokenize import build_transtokenize_map
+        from lingraft.vocabulary.transtokenize import build_transtokenize_map
         return build_transtokenize_map(old_tok, new_tok, cfg.translation_resource, top_k=cfg.transtokenize_top_k,
                                        min_prob=cfg.transtokenize_min_prob, seed=cfg.seed)
     raise LingraftError(f"method {cfg.method!r} has no token map")
@@ -160,8 +160,8 @@ def evaluate_bpc(cfg: InitConfig, source: Path, out: Path, old_tok: "PreTrainedT
 
     from transformers import AutoModelForCausalLM
 
-    from data_prep.readers import iter_texts
-    from evaluation.bpc import bits_per_character
+    from lingraft.data_prep.readers import iter_texts
+    from lingraft.evaluation.bpc import bits_per_character
     texts = list(islice(iter_texts(cfg.eval_text, cfg.eval_text_field), cfg.eval_max_docs))
     results = {}
     for name, folder, tok in (("original", source, old_tok), (cfg.method, out, new_tok)):

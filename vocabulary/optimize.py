@@ -26,12 +26,12 @@ import numpy as np
 
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
-from vocabulary.bpe_surgery import assemble, old_token_ids, plan_extension, plan_shrink
-from vocabulary.corpus import CorpusText
-from vocabulary.extend import (Variant, batches, new_merges, rebuild_like, resolve_new_tokenizer, source_inputs,
+from lingraft.vocabulary.bpe_surgery import assemble, old_token_ids, plan_extension, plan_shrink
+from lingraft.vocabulary.corpus import CorpusText
+from lingraft.vocabulary.extend import (Variant, batches, new_merges, rebuild_like, resolve_new_tokenizer, source_inputs,
                                write_variant)
-from vocabulary.loading import backend_json, load_tokenizer
-from vocabulary.variants_config import OptimizeConfig
+from lingraft.vocabulary.loading import backend_json, load_tokenizer
+from lingraft.vocabulary.variants_config import OptimizeConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -27,9 +27,9 @@ import numpy as np
 from lingraft.atomic import write_json
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
-from vocabulary.config import TokenizerStatsConfig
-from vocabulary.corpus import CorpusText
-from vocabulary.loading import (backend_json, load_tokenizer, tokenizer_fingerprint, tokenizer_kind,
+from lingraft.vocabulary.config import TokenizerStatsConfig
+from lingraft.vocabulary.corpus import CorpusText
+from lingraft.vocabulary.loading import (backend_json, load_tokenizer, tokenizer_fingerprint, tokenizer_kind,
                                 unicode_to_byte)
 
 if TYPE_CHECKING:

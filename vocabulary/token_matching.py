@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from lingraft.errors import LingraftError
-from vocabulary.loading import byte_to_unicode, tokenizer_kind, unicode_to_byte
-from vocabulary.token_map import TokenMap
+from lingraft.vocabulary.loading import byte_to_unicode, tokenizer_kind, unicode_to_byte
+from lingraft.vocabulary.token_map import TokenMap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -19,9 +19,9 @@ from lingraft.atomic import atomic_dir
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from vocabulary.config import TrainTokenizerConfig
-from vocabulary.corpus import CorpusText
-from vocabulary.loading import (backend_json, load_tokenizer, pipeline_components, tokenizer_fingerprint,
+from lingraft.vocabulary.config import TrainTokenizerConfig
+from lingraft.vocabulary.corpus import CorpusText
+from lingraft.vocabulary.loading import (backend_json, load_tokenizer, pipeline_components, tokenizer_fingerprint,
                                 tokenizer_kind)
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_prep.readers import open_binary
-from data_prep.records import DropLog
+from lingraft.data_prep.readers import open_binary
+from lingraft.data_prep.records import DropLog
 from lingraft.config import build_config, require
 from lingraft.errors import LingraftError
 

@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
-from vocabulary.alignment import AlignerParams, WordPairs, word_pairs_from_dictionary, word_pairs_from_parallel
-from vocabulary.token_map import TokenMap
-from vocabulary.token_matching import OldSegmenter, build_mean_map, describe_vocabulary
-from vocabulary.translation_resources import TranslationResourceConfig, read_resource
+from lingraft.vocabulary.alignment import AlignerParams, WordPairs, word_pairs_from_dictionary, word_pairs_from_parallel
+from lingraft.vocabulary.token_map import TokenMap
+from lingraft.vocabulary.token_matching import OldSegmenter, build_mean_map, describe_vocabulary
+from lingraft.vocabulary.translation_resources import TranslationResourceConfig, read_resource
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lingraft.errors import LingraftError
-from train.dist import all_reduce_sum
+from lingraft.train.dist import all_reduce_sum
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train.anchor import build_anchor
-from train.backends.base import StepResult, global_mean_loss
-from train.config import TrainConfig
-from train.dist import DistInfo, skip_deepspeed_shm_build
-from train.ds_config import fill_ds_config
-from train.loss import micro_batch_loss
-from train.model_setup import Runtime, weights_dtype
-from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
+from lingraft.train.anchor import build_anchor
+from lingraft.train.backends.base import StepResult, global_mean_loss
+from lingraft.train.config import TrainConfig
+from lingraft.train.dist import DistInfo, skip_deepspeed_shm_build
+from lingraft.train.ds_config import fill_ds_config
+from lingraft.train.loss import micro_batch_loss
+from lingraft.train.model_setup import Runtime, weights_dtype
+from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
 TAG = "zero"
 

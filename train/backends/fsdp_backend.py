@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from lingraft.errors import LingraftError
-from train.backends.local_backend import LocalBackend
-from train.model_setup import decoder_blocks
+from lingraft.train.backends.local_backend import LocalBackend
+from lingraft.train.model_setup import decoder_blocks
 
 SCHEDULER_FILE = "scheduler.pt"
 MODEL_KEY, OPTIM_KEY = "model", "optim"

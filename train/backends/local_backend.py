@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from train.anchor import build_anchor
-from train.backends.base import StepResult, global_mean_loss, trainable_named_parameters
-from train.config import TrainConfig
-from train.dist import DistInfo
-from train.loss import micro_batch_loss
-from train.model_setup import Runtime, weights_dtype
-from train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
+from lingraft.train.anchor import build_anchor
+from lingraft.train.backends.base import StepResult, global_mean_loss, trainable_named_parameters
+from lingraft.train.config import TrainConfig
+from lingraft.train.dist import DistInfo
+from lingraft.train.loss import micro_batch_loss
+from lingraft.train.model_setup import Runtime, weights_dtype
+from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
 STATE_FILE = "state.pt"
 
