@@ -153,8 +153,8 @@ def writer_alone(folder: Path, root: Path, reps: int) -> dict:
     of `reps`, against a copy of the shards: with I's shard hashes unknown (the writer hashes every
     byte it writes) and known (as in `lingraft propagate`, which hashes I for its manifest first)."""
     import lingraft.hashing as hashing
-    from lingraft.checkpoint import open_checkpoint, read_tensors
-    from lingraft.checkpoint_writer import write_checkpoint
+    from lingraft.hf_folder import open_checkpoint, read_tensors
+    from lingraft.hf_folder_writer import write_checkpoint
     ckpt = open_checkpoint(folder, verify_checksums=False)
     tables = {n: t.clone() for n, t in read_tensors(ckpt, [EMBED, HEAD]).items()}
     times: dict[str, list[float]] = {"copy_s": [], "inputs_unhashed_s": [], "inputs_hashed_s": []}

@@ -90,9 +90,9 @@ def bpc(folder: Path, texts: list[str], max_length: int) -> float:
 
 def pack_row(base: Path, tuned: Path, work: Path, beta: float, precision: str, held_out: list[str],
              max_length: int) -> dict:
-    from lingraft.propagate.skillpack_apply import run_apply
-    from lingraft.propagate.skillpack_config import SkillpackApplyConfig, SkillpackCreateConfig, SkillpackVerifyConfig
-    from lingraft.propagate.skillpack_stage import run_create, run_verify
+    from lingraft.propagate.skillpack.apply import run_apply
+    from lingraft.propagate.skillpack.config import SkillpackApplyConfig, SkillpackCreateConfig, SkillpackVerifyConfig
+    from lingraft.propagate.skillpack.stage import run_create, run_verify
     top, rest = precision.split("/")
     pack, applied = work / f"pack-{beta}-{top}", work / f"applied-{beta}-{top}"
     clock = time.perf_counter()

@@ -5,7 +5,7 @@ from lingraft.data_prep.alpaca_convert import AlpacaConvertConfig
 from lingraft.data_prep.clean_config import CleanStageConfig
 from lingraft.data_prep.pack_config import PackConfig
 from lingraft.data_prep.sft_config import SftPackConfig
-from lingraft.cli import Command
+from lingraft.registry import Command
 
 COMMANDS: list = []
 

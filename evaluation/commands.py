@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from lingraft.evaluation.config import (BpcEvalConfig, CopyEvalConfig, HarnessConfig, McEvalConfig, ReportConfig,
                                SpeedEvalConfig, TokenizerEvalConfig)
-from lingraft.cli import Command
+from lingraft.registry import Command
 
 COMMANDS: list = [
     Command(path=("eval", "bpc"), config_cls=BpcEvalConfig, runner="lingraft.evaluation.text_tasks:run_bpc",

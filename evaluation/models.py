@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lingraft.checkpoint import resolve_model
+from lingraft.hf_folder import resolve_model
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 

@@ -35,7 +35,7 @@ def run_bpc(cfg: BpcEvalConfig) -> dict[str, Any]:
 def run_tokenizer(cfg: TokenizerEvalConfig) -> dict[str, Any]:
     from lingraft.vocabulary.loading import load_tokenizer
     from lingraft.vocabulary.stats import count_text, tokenizer_stats
-    from lingraft.checkpoint import resolve_model
+    from lingraft.hf_folder import resolve_model
     texts = read_texts(cfg.data, cfg.text_field, max_chars=cfg.max_chars)
     name, spec = split_name(cfg.model)
     folder = resolve_model(spec)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import sys
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin
 
@@ -21,25 +19,9 @@ import yaml
 
 from lingraft.config import ConfigError, build_config
 from lingraft.errors import LingraftError
+from lingraft.registry import Command, all_commands, resolve_runner
 
 
-@dataclass(frozen=True)
-class Command:
-    path: tuple[str, ...]          # e.g. ("tokenizer", "stats")
-    config_cls: type
-    runner: str                    # "module:function", imported only when the command runs
-    help: str
-    aliases: dict[str, str] = field(default_factory=dict)  # extra flag -> field name
-
-
-def _commands() -> list[Command]:
-    from lingraft.data_prep.commands import COMMANDS as prep
-    from lingraft.evaluation.commands import COMMANDS as evaluation
-    from lingraft.commands import COMMANDS as pipeline
-    from lingraft.propagate.commands import COMMANDS as propagate
-    from lingraft.train.commands import COMMANDS as train
-    from lingraft.vocabulary.commands import COMMANDS as vocab
-    return [*vocab, *prep, *train, *propagate, *pipeline, *evaluation]
 
 
 def _is_list(tp: Any) -> bool:
@@ -133,13 +115,8 @@ def config_from_args(cmd: Command, args: argparse.Namespace) -> Any:
     return build_config(cmd.config_cls, args.config, overrides, args._dotted)
 
 
-def resolve_runner(spec: str) -> Callable[[Any], Any]:
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def main(argv: list[str] | None = None) -> int:
-    commands = _commands()
+    commands = all_commands()
     parser = build_parser(commands)
     try:
         args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """CLI commands that span stages (registered by lingraft.cli)."""
 from __future__ import annotations
 
-from lingraft.cli import Command
+from lingraft.registry import Command
 from lingraft.pipeline_config import PipelineConfig
 from lingraft.random_model import RandomModelConfig
 

@@ -31,7 +31,7 @@ def _identity(st: os.stat_result) -> str:
 def _cache_file(identity: str) -> Path | None:
     if os.environ.get("LINGRAFT_HASH_CACHE", "1") == "0":
         return None
-    from lingraft.checkpoint import cache_root    # lazy: checkpoint imports this module
+    from lingraft.hf_folder import cache_root    # lazy: checkpoint imports this module
     return cache_root() / "file_sha256" / hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lingraft.atomic import write_json
-from lingraft.cli import Command, _commands, resolve_runner
+from lingraft.registry import Command, all_commands, resolve_runner
 from lingraft.config import ConfigError, build_config, to_dict
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text, sha256_tree
@@ -107,7 +107,7 @@ def output_key(command: Command) -> str | None:
 
 def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     """Resolve placeholders and validate every stage's config before anything runs."""
-    registry = {" ".join(c.path): c for c in _commands()}
+    registry = {" ".join(c.path): c for c in all_commands()}
     work = Path(cfg.work_dir)
     resolve = _Resolver(work)
     planned = []

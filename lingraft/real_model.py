@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from lingraft.checkpoint import cache_root, convert_gguf
+from lingraft.hf_folder import cache_root, convert_gguf
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 

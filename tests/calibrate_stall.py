@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from lingraft.propagate import calibrate_generate
+from lingraft.propagate.calibrate import generate as calibrate_generate
 
 _answer = calibrate_generate.HFBackend.answer
 _calls = 0

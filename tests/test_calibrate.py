@@ -17,7 +17,7 @@ import yaml
 from lingraft.data_prep.records import DropLog
 from lingraft.config import ConfigError, build_config
 from lingraft.errors import LingraftError
-from lingraft.propagate.calibrate_config import (
+from lingraft.propagate.calibrate.config import (
     CalibrateConfig,
     CopyConfig,
     JudgeConfig,
@@ -25,9 +25,9 @@ from lingraft.propagate.calibrate_config import (
     PromptSourceConfig,
     ScriptFilter,
 )
-from lingraft.propagate.calibrate_copy import copy_examples, sample_passages
-from lingraft.propagate.calibrate_filters import ScriptMatcher, check_answer, filter_answers, repeated_ngram_share
-from lingraft.propagate.calibrate_prompts import fit_prompt, load_prompts
+from lingraft.propagate.calibrate.copy import copy_examples, sample_passages
+from lingraft.propagate.calibrate.filters import ScriptMatcher, check_answer, filter_answers, repeated_ngram_share
+from lingraft.propagate.calibrate.prompts import fit_prompt, load_prompts
 from tests.conftest import REPO
 
 CYRILLIC = ScriptMatcher.build(["CYRILLIC"], [])
@@ -289,7 +289,7 @@ class ScriptedBackend:
         self.tokenizer, self.script = tokenizer, script
 
     def answer(self, prompts, max_new_tokens):
-        from lingraft.propagate.calibrate_generate import Answer
+        from lingraft.propagate.calibrate.generate import Answer
         out = []
         for ids in prompts:
             text = self.tokenizer.decode(ids)
@@ -299,7 +299,7 @@ class ScriptedBackend:
 
 
 def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp_path, monkeypatch, run_cli):
-    from lingraft.propagate import calibrate_stage
+    from lingraft.propagate.calibrate import stage as calibrate_stage
     from lingraft.vocabulary.loading import load_tokenizer
     script = {"Столица": (RU_ANSWER, True), "Пусто": ("", True), "Обрыв": (RU_ANSWER[:30], False),
               "Петля": (LOOP, True), "Английский": ("Moscow is the capital and the largest city of Russia.", True),
@@ -346,7 +346,7 @@ def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp
 
 def test_training_restarts_when_calibration_data_changes(tmp_path):
     """Resuming a run trained on other chats would silently mix old and new calibration data."""
-    from lingraft.propagate.calibrate_train import FINGERPRINT_FILE, fresh_run_dir
+    from lingraft.propagate.calibrate.train import FINGERPRINT_FILE, fresh_run_dir
     run = tmp_path / "train"
     fresh_run_dir(run, "a")
     (run / "checkpoints").mkdir()

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lingraft.checkpoint import (INDEX_FILE, SINGLE_FILE, embedding_names, open_checkpoint, read_tensors,
+from lingraft.hf_folder import (INDEX_FILE, SINGLE_FILE, embedding_names, open_checkpoint, read_tensors,
                                  resolve_model)
-from lingraft.checkpoint_writer import write_checkpoint
+from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
 
 

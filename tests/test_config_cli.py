@@ -8,7 +8,8 @@ from typing import Literal
 import pytest
 
 from lingraft.data_prep.clean_config import CleanStageConfig
-from lingraft.cli import Command, build_parser, config_from_args
+from lingraft.cli import build_parser, config_from_args
+from lingraft.registry import Command
 from lingraft.config import ConfigError, build_config, parse_override, require, to_dict
 
 

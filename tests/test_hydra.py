@@ -65,7 +65,7 @@ def _plain(folder: Path):
 
 
 def test_each_head_reproduces_its_source_model(hydra):
-    from lingraft.propagate.hydra_model import HydraForCausalLM, namespaced
+    from lingraft.propagate.hydra.model import HydraForCausalLM, namespaced
     model = HydraForCausalLM.from_pretrained(hydra / "H", dtype=torch.float32)
     assert model.spec.default_head == "ru" and [v.name for v in model.spec.vocabularies] == ["orig", "ru"]
     for name, folder, text in (("orig", "O", "The weather is nice today."), ("ru", "N", "Сегодня хорошая погода.")):
@@ -77,7 +77,7 @@ def test_each_head_reproduces_its_source_model(hydra):
 
 
 def test_generation_with_cache_matches_the_plain_model(hydra):
-    from lingraft.propagate.hydra_model import HydraForCausalLM, namespaced
+    from lingraft.propagate.hydra.model import HydraForCausalLM, namespaced
     model = HydraForCausalLM.from_pretrained(hydra / "H", dtype=torch.float32)
     plain, tok = _plain(hydra / "N")
     ids = tok("Привет, мир")["input_ids"]
@@ -87,8 +87,8 @@ def test_generation_with_cache_matches_the_plain_model(hydra):
 
 
 def test_a_prompt_can_mix_both_vocabularies(hydra, run_cli):
-    from lingraft.propagate.generate import hydra_prompt_ids, split_prompt
-    from lingraft.propagate.hydra_model import HydraForCausalLM, HydraSpec
+    from lingraft.propagate.hydra.generate import hydra_prompt_ids, split_prompt
+    from lingraft.propagate.hydra.model import HydraForCausalLM, HydraSpec
     spec = HydraSpec.load(hydra / "H")
     pieces = split_prompt(["orig:Translate: good morning -> ", "ru:доброе", "Note: no vocabulary named Note"], spec, "ru")
     assert [p[0] for p in pieces] == ["orig", "ru", "ru"]
@@ -107,8 +107,8 @@ def test_a_prompt_can_mix_both_vocabularies(hydra, run_cli):
 
 
 def test_chat_prompt_uses_the_vocabularys_template(hydra, run_cli):
-    from lingraft.propagate.generate import hydra_prompt_ids
-    from lingraft.propagate.hydra_model import HydraSpec
+    from lingraft.propagate.hydra.generate import hydra_prompt_ids
+    from lingraft.propagate.hydra.model import HydraSpec
     spec = HydraSpec.load(hydra / "H")
     _, tok = _plain(hydra / "N")
     ids = hydra_prompt_ids(hydra / "H", spec, [("ru", "привет")], chat=True)

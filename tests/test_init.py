@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lingraft.checkpoint import INDEX_FILE
+from lingraft.hf_folder import INDEX_FILE
 from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
 from tests.test_checkpoint import all_tensors, save_tiny_llama
 from lingraft.vocabulary.token_map import TokenMap

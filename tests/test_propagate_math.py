@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lingraft.errors import LingraftError
-from lingraft.propagate.compat import check_compatible
-from lingraft.propagate.lep_math import (apply_map, dense_blocks, fit_linear_map, mapped_rows, propagate_table,
+from lingraft.propagate.lep.compat import check_compatible
+from lingraft.propagate.lep.lep_math import (apply_map, dense_blocks, fit_linear_map, mapped_rows, propagate_table,
                                 selection_map, token_map_blocks)
 from lingraft.vocabulary.token_map import TokenMap
 

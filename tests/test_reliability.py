@@ -31,7 +31,7 @@ ENV = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
 # Runs `lingraft ARGS` and SIGKILLs itself right after the writer finished its SHARDS-th output shard.
 DIE_AFTER_SHARDS = """
 import os, signal, sys
-import lingraft.checkpoint_writer as writer
+import lingraft.hf_folder_writer as writer
 done = [0]
 def dying(real):
     def wrapped(*args, **kwargs):
@@ -144,7 +144,7 @@ except LingraftError as exc:
 
 def test_full_disk_at_a_training_checkpoint_keeps_the_last_one_and_resumes_exactly(tmp_path):
     from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
-    from lingraft.train.checkpointing import latest_checkpoint
+    from lingraft.train.trainer_checkpoint import latest_checkpoint
     from lingraft.train.loop import train
     model = make_tiny_llama(tmp_path / "m")
     overrides = {"max_steps": 4, "checkpoint.every_steps": 2}
@@ -270,9 +270,9 @@ def test_no_code_loads_pickles_or_enables_remote_code_by_itself():
 def test_every_command_keeps_remote_code_off_unless_asked():
     import dataclasses
 
-    from lingraft.cli import _commands
+    from lingraft.registry import all_commands
     seen = 0
-    stack = [c.config_cls for c in _commands()]
+    stack = [c.config_cls for c in all_commands()]
     while stack:
         cls = stack.pop()
         for f in dataclasses.fields(cls):
@@ -302,7 +302,7 @@ def test_paths_must_stay_inside_their_base(tmp_path):
 
 
 def test_index_naming_a_shard_outside_the_folder_is_refused(family, tmp_path):
-    from lingraft.checkpoint import INDEX_FILE, open_checkpoint
+    from lingraft.hf_folder import INDEX_FILE, open_checkpoint
     folder = Path(shutil.copytree(family / "B", tmp_path / "B"))
     index = json.loads((folder / INDEX_FILE).read_text())
     victim = next(iter(index["weight_map"]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lingraft.propagate.skillpack_math import (
+from lingraft.propagate.skillpack.skillpack_math import (
     add_row_delta,
     band_ranks,
     changed_rows,

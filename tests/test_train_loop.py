@@ -14,7 +14,7 @@ import torch
 from lingraft.errors import LingraftError
 from tests.conftest import REPO
 from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
-from lingraft.train.checkpointing import latest_checkpoint
+from lingraft.train.trainer_checkpoint import latest_checkpoint
 from lingraft.train.loop import train
 from lingraft.train.metrics_log import read_metrics
 

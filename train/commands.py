@@ -1,7 +1,7 @@
 """CLI commands of the training stage (registered by lingraft.cli)."""
 from __future__ import annotations
 
-from lingraft.cli import Command
+from lingraft.registry import Command
 from lingraft.train.config import TrainConfig
 from lingraft.train.export import ExportConfig
 

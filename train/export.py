@@ -31,7 +31,7 @@ class ExportConfig:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    from lingraft.train.checkpointing import STATE_FILE, latest_checkpoint
+    from lingraft.train.trainer_checkpoint import STATE_FILE, latest_checkpoint
     if (path / STATE_FILE).is_file():
         return path
     latest = latest_checkpoint(path)
@@ -41,7 +41,7 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def read_trained(ckpt: Path, backend: str) -> dict:
-    from lingraft.train.checkpointing import ENGINE_DIR
+    from lingraft.train.trainer_checkpoint import ENGINE_DIR
     engine = ckpt / ENGINE_DIR
     if backend == "deepspeed":
         from lingraft.train.backends.deepspeed_backend import read_trainable_state
@@ -80,7 +80,7 @@ def export(cfg: ExportConfig) -> Path:
 
     from lingraft.atomic import atomic_dir
     from lingraft.manifest import new_manifest
-    from lingraft.train.checkpointing import STATE_FILE
+    from lingraft.train.trainer_checkpoint import STATE_FILE
     ckpt = resolve_checkpoint(Path(cfg.checkpoint))
     state = json.loads((ckpt / STATE_FILE).read_text())
     meta = state["meta"]

@@ -12,7 +12,7 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.memory import peak_rss_bytes
 from lingraft.train.backends import NonFiniteLoss, build_backend
-from lingraft.train.checkpointing import (
+from lingraft.train.trainer_checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     prepare_root,

@@ -1,7 +1,7 @@
 """CLI commands of the vocabulary stage (registered by lingraft.cli)."""
 from __future__ import annotations
 
-from lingraft.cli import Command
+from lingraft.registry import Command
 from lingraft.vocabulary.config import TokenizerStatsConfig, TrainTokenizerConfig
 
 COMMANDS: list = []

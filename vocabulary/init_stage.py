@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lingraft.atomic import atomic_dir, write_json
-from lingraft.checkpoint import (
+from lingraft.hf_folder import (
     CHECKSUM_KEY,
     Checkpoint,
     EmbeddingNames,
@@ -26,7 +26,7 @@ from lingraft.checkpoint import (
     read_tensors,
     resolve_model,
 )
-from lingraft.checkpoint_writer import write_checkpoint
+from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest

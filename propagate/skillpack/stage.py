@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lingraft.atomic import atomic_dir, write_json
-from lingraft.checkpoint import Checkpoint, embedding_names, open_checkpoint, read_tensors, resolve_model
+from lingraft.hf_folder import Checkpoint, embedding_names, open_checkpoint, read_tensors, resolve_model
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from lingraft.propagate.skillpack_config import SkillpackCreateConfig, SkillpackInspectConfig, SkillpackVerifyConfig
-from lingraft.propagate.skillpack_format import (
+from lingraft.propagate.skillpack.config import SkillpackCreateConfig, SkillpackInspectConfig, SkillpackVerifyConfig
+from lingraft.propagate.skillpack.format import (
     FORMAT,
     MODEL_FILES,
     PACK_FILE,
@@ -42,7 +42,7 @@ from lingraft.propagate.skillpack_format import (
     tensor_digests,
     tensor_layout,
 )
-from lingraft.propagate.skillpack_math import (
+from lingraft.propagate.skillpack.skillpack_math import (
     add_delta,
     add_row_delta,
     band_ranks,
@@ -120,7 +120,7 @@ def encode_module(cfg: SkillpackCreateConfig, name: str, base: torch.Tensor, tun
 def run_create(cfg: SkillpackCreateConfig) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from lingraft.propagate.vocabularies import resolve_token_map
+    from lingraft.propagate.lep.vocabularies import resolve_token_map
     clock = time.perf_counter()
     base_dir, tuned_dir = resolve_model(cfg.base), resolve_model(cfg.tuned)
     base, tuned = open_checkpoint(base_dir), open_checkpoint(tuned_dir)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir
-from lingraft.checkpoint import (
+from lingraft.hf_folder import (
     CHECKSUM_KEY,
     Checkpoint,
     embedding_names,
@@ -24,15 +24,15 @@ from lingraft.checkpoint import (
     read_tensors,
     resolve_model,
 )
-from lingraft.checkpoint_writer import write_checkpoint
+from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from lingraft.propagate.compat import check_compatible, load_config
-from lingraft.propagate.config import PropagateConfig
-from lingraft.propagate.lep_math import copy_rows, grow_rows, propagate_table, selection_map
-from lingraft.propagate.vocabularies import (
+from lingraft.propagate.lep.compat import check_compatible, load_config
+from lingraft.propagate.lep.config import PropagateConfig
+from lingraft.propagate.lep.lep_math import copy_rows, grow_rows, propagate_table, selection_map
+from lingraft.propagate.lep.vocabularies import (
     OutputVocabulary,
     ResolvedTokenMap,
     check_siblings,

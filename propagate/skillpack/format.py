@@ -32,13 +32,13 @@ from typing import Any, Callable
 
 import torch
 
-from lingraft.checkpoint import Checkpoint
+from lingraft.hf_folder import Checkpoint
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.log import progress
 from lingraft.manifest import MANIFEST_NAME
 from lingraft.paths import require_inside
-from lingraft.propagate.skillpack_math import (
+from lingraft.propagate.skillpack.skillpack_math import (
     FLOAT_DTYPES,
     INT_BITS,
     LowRank,

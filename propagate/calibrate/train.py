@@ -16,7 +16,7 @@ from typing import Any
 from lingraft.atomic import write_bytes
 from lingraft.config import ConfigError, build_config
 from lingraft.log import get_logger
-from lingraft.propagate.calibrate_config import CalibrateConfig
+from lingraft.propagate.calibrate.config import CalibrateConfig
 
 log = get_logger(__name__)
 

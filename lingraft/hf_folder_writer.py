@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
 
-from lingraft.checkpoint import (CHECKSUM_KEY, INDEX_FILE, SINGLE_FILE, Checkpoint)
+from lingraft.hf_folder import (CHECKSUM_KEY, INDEX_FILE, SINGLE_FILE, Checkpoint)
 from lingraft.errors import LingraftError
 from lingraft.hashing import remember, sha256_file
 from lingraft.log import get_logger, progress

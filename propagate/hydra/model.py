@@ -106,7 +106,7 @@ class HydraForCausalLM(nn.Module):
         from safetensors import safe_open
         from transformers import AutoModel
 
-        from lingraft.checkpoint import open_checkpoint
+        from lingraft.hf_folder import open_checkpoint
         spec = HydraSpec.load(folder)
         # The body's class ignores the head tensors (reported as unexpected keys) and strips
         # its base-model prefix from the others, exactly as for a plain causal-LM checkpoint.

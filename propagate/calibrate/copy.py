@@ -15,7 +15,7 @@ from lingraft.data_prep.readers import iter_texts
 from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.copy_task import paragraphs_of
 from lingraft.errors import LingraftError
-from lingraft.propagate.calibrate_config import CopyConfig
+from lingraft.propagate.calibrate.config import CopyConfig
 
 
 def sample_passages(cfg: CopyConfig, seed: int, drops: DropLog) -> list[str]:

@@ -36,14 +36,14 @@ from typing import Any
 
 from lingraft.data_prep.records import DropLog
 from lingraft.atomic import atomic_open, clean_stale_tmp
-from lingraft.checkpoint import resolve_model
+from lingraft.hf_folder import resolve_model
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from lingraft.propagate.calibrate_config import CalibrateConfig
-from lingraft.propagate.calibrate_copy import copy_examples, sample_passages
-from lingraft.propagate.calibrate_filters import filter_answers
-from lingraft.propagate.calibrate_generate import (
+from lingraft.propagate.calibrate.config import CalibrateConfig
+from lingraft.propagate.calibrate.copy import copy_examples, sample_passages
+from lingraft.propagate.calibrate.filters import filter_answers
+from lingraft.propagate.calibrate.generate import (
     GENERATIONS,
     backend_name,
     fit_prompts,
@@ -53,7 +53,7 @@ from lingraft.propagate.calibrate_generate import (
     prompt_budget,
     prompts_fingerprint,
 )
-from lingraft.propagate.calibrate_prompts import load_prompts
+from lingraft.propagate.calibrate.prompts import load_prompts
 
 log = get_logger(__name__)
 
@@ -98,7 +98,7 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
         if not Path(path).exists():   # found now, not after hours of generation
             raise LingraftError(f"{path}: no such file or folder")
     if cfg.train.enabled:   # a bad train setting fails now, not after hours of generation
-        from lingraft.propagate.calibrate_train import train_config
+        from lingraft.propagate.calibrate.train import train_config
         train_config(cfg, out, cfg.train.max_steps or 1)
 
     # generate
@@ -151,7 +151,7 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
     }
     outputs: dict[str, Any] = {"generations": GENERATIONS, "calibration": CALIBRATION, "rejected": REJECTED}
     if cfg.train.enabled:
-        from lingraft.propagate.calibrate_train import run_training
+        from lingraft.propagate.calibrate.train import run_training
         metrics["train"] = run_training(cfg, out / CALIBRATION)
         outputs["model"] = metrics["train"]["model"]
     metrics["seconds"] = round(time.perf_counter() - started, 3)

@@ -22,7 +22,7 @@ from lingraft.data_prep.readers import iter_json_lines, open_binary
 from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.generation import chat_prompt_ids
 from lingraft.errors import LingraftError
-from lingraft.propagate.calibrate_config import PromptSourceConfig
+from lingraft.propagate.calibrate.config import PromptSourceConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

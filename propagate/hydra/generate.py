@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from lingraft.errors import LingraftError
-from lingraft.propagate.hydra_config import GenerateConfig
-from lingraft.propagate.hydra_model import HydraForCausalLM, HydraSpec, is_hydra, namespaced
+from lingraft.propagate.hydra.config import GenerateConfig
+from lingraft.propagate.hydra.model import HydraForCausalLM, HydraSpec, is_hydra, namespaced
 
 
 def split_prompt(pieces: list[str], spec: HydraSpec, default: str) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir
-from lingraft.checkpoint import (
+from lingraft.hf_folder import (
     CHECKSUM_KEY,
     INDEX_FILE,
     SINGLE_FILE,
@@ -33,16 +33,16 @@ from lingraft.checkpoint import (
     read_tensors,
     resolve_model,
 )
-from lingraft.checkpoint_writer import write_checkpoint
+from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
-from lingraft.propagate.lep_math import copy_rows, grow_rows, propagate_table
-from lingraft.propagate.skillpack_config import SkillpackApplyConfig
-from lingraft.propagate.skillpack_format import SkillPack, copy_model_files, model_fingerprint, tensor_digests
-from lingraft.propagate.skillpack_stage import reconstruct, vocab_digest
-from lingraft.propagate.vocabularies import OutputVocabulary, output_vocabulary
+from lingraft.propagate.lep.lep_math import copy_rows, grow_rows, propagate_table
+from lingraft.propagate.skillpack.config import SkillpackApplyConfig
+from lingraft.propagate.skillpack.format import SkillPack, copy_model_files, model_fingerprint, tensor_digests
+from lingraft.propagate.skillpack.stage import reconstruct, vocab_digest
+from lingraft.propagate.lep.vocabularies import OutputVocabulary, output_vocabulary
 from lingraft.vocabulary.embedding_init import padded_size
 from lingraft.vocabulary.init_stage import write_config_files
 from lingraft.vocabulary.loading import load_tokenizer

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from lingraft.data_prep.records import DropLog
 from lingraft.errors import LingraftError
-from lingraft.propagate.calibrate_config import JudgeConfig, LoopFilter, ScriptFilter
+from lingraft.propagate.calibrate.config import JudgeConfig, LoopFilter, ScriptFilter
 
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _WORD = re.compile(r"\w+")

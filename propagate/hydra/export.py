@@ -13,15 +13,15 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir, write_json
-from lingraft.checkpoint import (CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors,
+from lingraft.hf_folder import (CHECKSUM_KEY, Checkpoint, embedding_names, open_checkpoint, read_tensors,
                                  resolve_model)
-from lingraft.checkpoint_writer import write_checkpoint
+from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from lingraft.propagate.compat import check_compatible, load_config
-from lingraft.propagate.hydra_config import HydraExportConfig, HydraPlainConfig
-from lingraft.propagate.hydra_model import HydraSpec, Vocabulary
+from lingraft.propagate.lep.compat import check_compatible, load_config
+from lingraft.propagate.hydra.config import HydraExportConfig, HydraPlainConfig
+from lingraft.propagate.hydra.model import HydraSpec, Vocabulary
 from lingraft.vocabulary.loading import load_tokenizer
 
 log = get_logger(__name__)

@@ -22,8 +22,8 @@ from lingraft.data_prep.records import DropLog
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
-from lingraft.propagate.calibrate_config import GenerationSettings
-from lingraft.propagate.calibrate_prompts import Prompt, fit_prompt
+from lingraft.propagate.calibrate.config import GenerationSettings
+from lingraft.propagate.calibrate.prompts import Prompt, fit_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -99,7 +99,7 @@ def open_backend(name: str, folder: Path, settings: GenerationSettings, seed: in
 
 def model_context(folder: Path, trust_remote_code: bool) -> int | None:
     """The model's context length (max_position_embeddings), read from its config alone."""
-    from lingraft.propagate.compat import load_config
+    from lingraft.propagate.lep.compat import load_config
     return getattr(load_config(str(folder), trust_remote_code), "max_position_embeddings", None)
 
 

@@ -1,0 +1,1 @@
+"""Hydra models: one body, several input vocabularies and heads."""

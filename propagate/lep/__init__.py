@@ -1,0 +1,1 @@
+"""Learned Embedding Propagation: the math (lep_math) and the streaming propagate stage."""

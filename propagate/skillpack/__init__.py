@@ -1,0 +1,1 @@
+"""Skill packs (GraftLLM): compressed tuned-minus-base deltas, created, applied, verified."""
