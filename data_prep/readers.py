@@ -1,21 +1,19 @@
 """Readers: JSONL (plain, .gz, .xz, .zst), plain text, parquet, and HF `datasets`.
 
 Every reader yields `Document`s and reports bad records (invalid JSON or UTF-8, missing
-or non-string fields, empty texts) to a `DropLog` with their location. Readers never
-normalise or filter: that is cleaning's job.
+or non-string fields, empty texts) to a `DropLog` with their location; a file that cannot be
+read to its end (truncated or corrupt) is dropped whole, by name, after the records read before
+the damage. Readers never normalise or filter: that is cleaning's job.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
 import json
-import lzma
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
+from lingraft.data_prep.compressed import CorruptFileError, open_binary
 from lingraft.data_prep.records import Document, DropLog
 from lingraft.config import require
 from lingraft.errors import LingraftError
@@ -73,22 +71,6 @@ def _stem(path: str) -> str:
     return Path(name).stem or name
 
 
-def open_binary(path: str | Path) -> IO[bytes]:
-    """Open a possibly compressed file for binary reading, by its suffix."""
-    p = str(path)
-    if p.endswith(".gz"):
-        return gzip.open(p, "rb")
-    if p.endswith(".xz"):
-        return lzma.open(p, "rb")
-    if p.endswith(".bz2"):
-        return bz2.open(p, "rb")
-    if p.endswith(".zst"):
-        import zstandard
-        # The zstd reader has no readline(); buffering adds it (and line iteration).
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(p, "rb"), closefd=True))
-    return open(p, "rb")
-
-
 def detect_format(path: str | Path) -> SourceFormat:
     p = Path(path)
     if p.is_dir():
@@ -142,9 +124,19 @@ def iter_json_lines(path: str | Path, drops: DropLog | None = None) -> Iterator[
     """("path:line", record) for every non-blank line of a (compressed) JSONL file.
 
     A line that is not UTF-8 JSON is dropped into `drops` ("invalid_json") and reading goes
-    on; without `drops` it is an error naming the line."""
+    on; without `drops` it is an error naming the line. A truncated or corrupt file likewise
+    ends as a file drop, or an error naming the file."""
     if not Path(path).is_file():
         raise LingraftError(f"{path}: no such file")
+    try:
+        yield from _json_lines(path, drops)
+    except CorruptFileError as exc:
+        if drops is None:
+            raise
+        drops.drop_file(exc.reason, exc.path, exc.detail)
+
+
+def _json_lines(path: str | Path, drops: DropLog | None) -> Iterator[tuple[str, Any]]:
     with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -261,11 +253,11 @@ def read_parquet(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docu
     try:
         pf = pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as exc:
-        raise LingraftError(f"{path}: not a readable parquet file ({exc})") from None
+        raise CorruptFileError(path, "corrupt_file", f"not a readable parquet file: {exc}") from None
     if src.text_field not in pf.schema_arrow.names:
         raise LingraftError(f"{path}: no column '{src.text_field}' (columns: {', '.join(pf.schema_arrow.names)})")
     row = 0
-    for batch in pf.iter_batches(columns=[src.text_field], batch_size=4096):
+    for batch in _parquet_batches(pf, path, src.text_field):
         for text in batch.column(0).to_pylist():
             row += 1
             where = f"{path}:row{row}"
@@ -275,6 +267,20 @@ def read_parquet(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docu
                 drops.drop("empty_document", where, text)
             else:
                 yield Document(text=text, source=src.name, where=where)
+
+
+def _parquet_batches(pf: Any, path: Path, column: str) -> Iterator[Any]:
+    import pyarrow
+
+    batches = pf.iter_batches(columns=[column], batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pyarrow.ArrowException, OSError) as exc:  # a damaged row group or page
+            raise CorruptFileError(path, "corrupt_file", f"{type(exc).__name__}: {exc}") from None
+        if batch is None:
+            return
+        yield batch
 
 
 def read_hf(src: SourceConfig, drops: DropLog) -> Iterator[Document]:
@@ -323,7 +329,10 @@ def iter_documents(src: SourceConfig, drops: DropLog | None = None) -> Iterator[
         return
     reader = {"jsonl": read_jsonl, "text": read_text, "parquet": read_parquet}[fmt]
     for path in _files(src.path, fmt):
-        yield from reader(path, src, drops)
+        try:
+            yield from reader(path, src, drops)
+        except CorruptFileError as exc:
+            drops.drop_file(exc.reason, exc.path, exc.detail)
 
 
 def iter_texts(path: str, text_field: str = "text", fmt: SourceFormat = "auto",

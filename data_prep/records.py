@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lingraft.errors import DataError
+from lingraft.log import get_logger
 
 EXAMPLE_CHARS = 160
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,13 +24,15 @@ class DropLog:
     """Counts every dropped record by reason and keeps a few examples of each.
 
     In strict mode the first drop raises `DataError` instead, naming where it happened.
-    Nothing is ever dropped without passing through here.
+    Nothing is ever dropped without passing through here. A whole file dropped (truncated or
+    corrupt) is always listed by name, however many there are.
     """
 
     strict: bool = False
     max_examples: int = 3
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    files: dict[str, list[dict[str, str]]] = field(default_factory=dict)   # reason -> [{"file", "error"}]
 
     def drop(self, reason: str, where: str, sample: Any = "") -> None:
         if self.strict:
@@ -43,6 +47,14 @@ class DropLog:
             text = sample if isinstance(sample, str) else repr(sample)
             bucket.append({"where": where, "sample": text[:EXAMPLE_CHARS]})
 
+    def drop_file(self, reason: str, path: str, detail: str) -> None:
+        """A file that could not be read to its end: its records read before the damage are kept."""
+        if self.strict:
+            raise DataError(f"{path}: {reason} ({detail})")
+        log.warning("%s: %s (%s); its remaining records are dropped", path, reason, detail)
+        self.counts[reason] += 1
+        self.files.setdefault(reason, []).append({"file": path, "error": detail})
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -52,7 +64,12 @@ class DropLog:
         for reason, items in other.examples.items():
             bucket = self.examples.setdefault(reason, [])
             bucket.extend(items[: self.max_examples - len(bucket)])
+        for reason, files in other.files.items():
+            self.files.setdefault(reason, []).extend(files)
 
     def to_json(self) -> dict[str, Any]:
-        return {reason: {"count": n, "examples": self.examples.get(reason, [])}
-                for reason, n in sorted(self.counts.items())}
+        report = {reason: {"count": n, "examples": self.examples.get(reason, [])}
+                  for reason, n in sorted(self.counts.items())}
+        for reason, files in self.files.items():
+            report[reason]["files"] = files
+        return report

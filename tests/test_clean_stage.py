@@ -138,6 +138,26 @@ def test_strict_fails_on_bad_records_only_and_writes_nothing(tmp_path, sources):
     assert counts == {"exact_duplicate": 1, "too_short": 1}
 
 
+def test_truncated_source_file_is_named_in_the_manifest_or_fails_strict(tmp_path):
+    import zstandard
+    folder = tmp_path / "src"
+    folder.mkdir()
+    _jsonl(folder / "a.jsonl", [{"text": _paragraph(7)}])
+    whole = zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"text": _paragraph(100 + i)}) + "\n" for i in range(50)).encode())
+    cut = folder / "b.jsonl.zst"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    out = run_clean(CleanStageConfig(sources=[SourceConfig(path=str(folder))], out=str(tmp_path / "out"),
+                                     clean=CleanConfig(min_chars=5)))
+    dropped = read_manifest(out)["metrics"]["dropped"]
+    assert dropped["truncated_file"]["count"] == 1
+    assert [f["file"] for f in dropped["truncated_file"]["files"]] == [str(cut)]
+    with pytest.raises(DataError, match=rf"{cut}: truncated_file"):
+        run_clean(CleanStageConfig(sources=[SourceConfig(path=str(folder))], out=str(tmp_path / "strict"),
+                                   clean=CleanConfig(min_chars=5), strict=True))
+    assert not (tmp_path / "strict").exists()
+
+
 def test_failed_run_keeps_the_previous_output(tmp_path, sources):
     ru, en = sources
     out = run_clean(_config(tmp_path, ru, en))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lingraft.data_prep.readers import SourceConfig, detect_format, iter_documents, iter_texts
+from lingraft.data_prep.readers import SourceConfig, detect_format, iter_documents, iter_json_lines, iter_texts
 from lingraft.data_prep.records import DropLog
 from lingraft.errors import DataError, LingraftError
 
@@ -70,6 +70,64 @@ def test_jsonl_text_field_and_bad_records_are_counted_with_location(tmp_path):
     assert drops.examples["invalid_utf8"][0]["where"] == f"{path}:6"
 
 
+def _damaged(path: Path, damage: str) -> Path:
+    """A compressed JSONL file of many records, cut in half or with a run of zeroed bytes in its middle."""
+    records = [{"text": f"запись номер {i}, " * 8 + str(i * 7919 % 1000)} for i in range(3000)]
+    data = _write(path, _jsonl_bytes(records)).read_bytes()
+    half = len(data) // 2
+    if damage == "truncated":
+        path.write_bytes(data[:half])
+    else:
+        path.write_bytes(data[:half] + bytes(64) + data[half + 64:])
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
+def test_damaged_compressed_file_is_a_named_drop_and_a_strict_error(tmp_path, suffix, damage):
+    path = _damaged(tmp_path / f"c.jsonl{suffix}", damage)
+    good = _write(tmp_path / "d.jsonl.zst", _jsonl_bytes([{"text": "after"}]))
+    drops = DropLog()
+    texts = _read(SourceConfig(path=str(tmp_path)), drops)
+    assert len(texts) < 3000 and texts[-1] == "after"      # the next file is still read
+    reasons = set(drops.files)
+    assert len(reasons) == 1 and reasons <= {"truncated_file", "corrupt_file"}
+    reason = reasons.pop()
+    assert drops.counts[reason] == 1 and drops.files[reason][0]["file"] == str(path)
+    assert drops.to_json()[reason]["files"] == drops.files[reason]
+    if damage == "truncated":
+        assert reason == "truncated_file"
+    # gzip hands out the damaged bytes before its checksum fails, so strict may stop at a bad line first.
+    with pytest.raises(DataError, match=rf"{path}(: {reason}|:\d+: invalid_)"):
+        _read(SourceConfig(path=str(path)), DropLog(strict=True))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x28\xb5"], ids=["empty", "magic-only"])
+def test_zst_without_a_whole_frame_is_truncated(tmp_path, data):
+    path = tmp_path / "c.jsonl.zst"
+    path.write_bytes(data)
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(path)), drops) == []
+    assert drops.files == {"truncated_file": [{"file": str(path), "error": drops.files["truncated_file"][0]["error"]}]}
+
+
+def test_zst_of_several_frames_reads_them_all(tmp_path):
+    import zstandard
+    frames = [zstandard.ZstdCompressor().compress(_jsonl_bytes([{"text": t}])) for t in TEXTS]
+    path = tmp_path / "c.jsonl.zst"
+    path.write_bytes(b"".join(frames))
+    assert _read(SourceConfig(path=str(path))) == TEXTS
+
+
+def test_json_lines_of_a_damaged_file_name_it(tmp_path):
+    path = _damaged(tmp_path / "c.jsonl.xz", "truncated")
+    with pytest.raises(LingraftError, match=rf"{path}: truncated file"):
+        list(iter_json_lines(path))
+    drops = DropLog()
+    assert 0 < len(list(iter_json_lines(path, drops))) < 3000
+    assert drops.files["truncated_file"][0]["file"] == str(path)
+
+
 def test_strict_mode_names_file_and_line(tmp_path):
     path = _write(tmp_path / "c.jsonl.gz", _jsonl_bytes([{"text": "ok"}, {"title": "no text"}]))
     with pytest.raises(DataError, match=rf"{path}:2: missing_field"):
@@ -118,8 +176,11 @@ def test_parquet_with_nulls_and_wrong_column(tmp_path):
     with pytest.raises(LingraftError, match="no column 'text'.*content, n"):
         _read(SourceConfig(path=str(path)))
     bogus = _write(tmp_path / "bogus.parquet", b"not parquet at all")
-    with pytest.raises(LingraftError, match="bogus.parquet: not a readable parquet file"):
-        _read(SourceConfig(path=str(bogus)))
+    with pytest.raises(DataError, match="bogus.parquet: corrupt_file .*not a readable parquet file"):
+        _read(SourceConfig(path=str(bogus)), DropLog(strict=True))
+    drops = DropLog()
+    assert _read(SourceConfig(path=str(bogus)), drops) == []
+    assert drops.files["corrupt_file"][0]["file"] == str(bogus)
 
 
 def test_hf_saved_dataset_and_dataset_dict(tmp_path):
