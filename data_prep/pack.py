@@ -33,6 +33,7 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
 from lingraft.manifest import ManifestError, new_manifest, read_manifest
+from lingraft.parent_watch import exit_with_parent
 
 log = get_logger(__name__)
 
@@ -67,6 +68,7 @@ _WORKER_TOKENIZER: Any = None
 
 def _init_worker(tokenizer_file: str, threads: int) -> None:
     """Process-pool initializer: size the Rust thread pool before first use, then load the tokenizer."""
+    exit_with_parent()   # a killed `prep pack` must not leave workers packing and holding memory
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")

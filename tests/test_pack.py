@@ -247,3 +247,59 @@ def test_unknown_special_token_is_a_clear_error(shared, clean_dir, tmp_path, run
     assert code == 1 and "eos_token '<|nope|>' is not in the tokenizer's vocabulary" in err
     code, _, err = run_cli("prep", "pack", "--out", tmp_path / "o", "--tokenizer", shared / MISTRAL)
     assert code == 2 and "input:" in err
+
+
+_POOL_PARENT = """
+import sys, time
+from pathlib import Path
+from tokenizers import Tokenizer, models
+from lingraft.data_prep.pack import WorkerPool
+tokenizer = Tokenizer(models.WordLevel({"a": 0}, unk_token="a")).to_str()
+pool = WorkerPool(None, tokenizer, 2, Path(sys.argv[1]))
+busy = [pool.executor.submit(time.sleep, 300) for _ in range(4)]   # stands in for long shards
+time.sleep(300)
+"""
+
+
+def _alive_spawned_children(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [int(c) for c in children if "spawn_main" in _cmdline(int(c))]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    try:   # a zombie (state Z) has exited: with no reaping init it keeps its /proc entry
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_pack_workers_exit_when_the_parent_is_killed(tmp_path):
+    parent = subprocess.Popen([str(REPO / ".venv/bin/python"), "-c", _POOL_PARENT, str(tmp_path)], cwd=REPO)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and parent.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+            workers = _alive_spawned_children(parent.pid)
+        assert len(workers) == 2, "the pool did not start its two workers"
+        time.sleep(1.0)   # let them reach their task
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 15
+        while any(map(_running, workers)) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_running, workers)), "pack workers outlived their killed parent"
+    finally:
+        parent.kill()
+        for pid in filter(_running, workers):
+            os.kill(pid, signal.SIGKILL)
