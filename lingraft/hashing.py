@@ -18,6 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lingraft.cache import cache_root
+
 _CHUNK = 1 << 22
 CACHE_MIN_BYTES = 64 << 20     # smaller files hash in milliseconds: not worth a cache entry
 _RACY_SECONDS = 3.0
@@ -31,7 +33,6 @@ def _identity(st: os.stat_result) -> str:
 def _cache_file(identity: str) -> Path | None:
     if os.environ.get("LINGRAFT_HASH_CACHE", "1") == "0":
         return None
-    from lingraft.hf_folder import cache_root    # lazy: checkpoint imports this module
     return cache_root() / "file_sha256" / hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 

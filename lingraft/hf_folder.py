@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from lingraft.cache import cache_root
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.log import get_logger
@@ -47,12 +48,6 @@ _EMBED_NAMES: dict[str, tuple[str, str]] = {
 
 
 # -- locating a model --------------------------------------------------------------------------
-def cache_root() -> Path:
-    """Where converted models are cached: $LINGRAFT_CACHE, else <repo>/.cache (gitignored)."""
-    env = os.environ.get("LINGRAFT_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".cache"
-
-
 def resolve_model(spec: str | Path) -> Path:
     """A local HF folder for `spec`: a folder, a .gguf file (converted once, cached) or a hub id."""
     path = Path(spec)
@@ -291,3 +286,30 @@ def read_tensors(ckpt: Checkpoint, names: Iterable[str]) -> dict[str, "torch.Ten
         with safe_open(str(ckpt.tensors[name].shard), framework="pt") as fh:
             out[name] = fh.get_tensor(name)
     return out
+
+
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def read_flat_range(info: TensorInfo, start: int, stop: int) -> "torch.Tensor":
+    """Elements [start, stop) of a tensor flattened in row-major order, read from its shard with
+    plain file reads: no mmap of the shard, no byte outside the range (a rank's share of a
+    tensor costs that rank only its share of memory). A 1-D tensor in the stored dtype."""
+    import torch
+    if info.dtype not in _TORCH_DTYPES:
+        raise LingraftError(f"{info.shard}: {info.name} has dtype {info.dtype}, which cannot be loaded for training")
+    dtype = getattr(torch, _TORCH_DTYPES[info.dtype])
+    numel = info.nbytes // ITEMSIZE[info.dtype]
+    if not 0 <= start <= stop <= numel:
+        raise LingraftError(f"{info.shard}: {info.name} has {numel} elements, asked for [{start}, {stop})")
+    buffer = bytearray((stop - start) * ITEMSIZE[info.dtype])
+    view, done = memoryview(buffer), 0
+    with open(info.shard, "rb", buffering=0) as fh:
+        fh.seek(info.offset + start * ITEMSIZE[info.dtype])
+        while done < len(buffer):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise LingraftError(f"{info.shard}: truncated while reading {info.name}")
+            done += got
+    return torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)

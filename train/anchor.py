@@ -55,10 +55,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from lingraft.data_prep.dataset import IGNORE_INDEX as IGNORE
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.train.config import AnchorConfig, TrainConfig, parse_id_ranges
-from lingraft.train.loss import IGNORE
 from lingraft.train.model_setup import copies_old_row, token_map_path
 
 log = get_logger(__name__)

@@ -30,7 +30,8 @@ from lingraft.train.flops import (
     training_flops_per_token,
 )
 from lingraft.train.metrics_log import MetricsLogger
-from lingraft.train.model_setup import Runtime, build_model, decoder_blocks, resolve_runtime
+from lingraft.train.model_parts import decoder_blocks
+from lingraft.train.model_setup import Runtime, build_model, resolve_runtime
 
 log = get_logger(__name__)
 

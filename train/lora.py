@@ -18,6 +18,7 @@ from torch import nn
 
 from lingraft.errors import LingraftError
 from lingraft.train.config import LoraConfig
+from lingraft.train.model_parts import decoder_blocks, table_modules
 
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -51,7 +52,6 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     the embedding and head) trainable. Adapter weights take the dtype of the model's weights,
     so an engine that holds a bf16 module (DeepSpeed) gets one dtype throughout."""
     from peft import inject_adapter_in_model
-    from lingraft.train.model_setup import decoder_blocks, table_modules
     n_blocks = len(decoder_blocks(model))
     dtype = model.get_input_embeddings().weight.dtype
     try:
@@ -86,7 +86,6 @@ def write_adapter(model: nn.Module, cfg: LoraConfig, folder: Path, base_model: P
     """An un-merged peft adapter folder (adapter_config.json + adapter_model.safetensors):
     `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), folder)`."""
     from safetensors.torch import save_file
-    from lingraft.train.model_setup import decoder_blocks
     folder.mkdir(parents=True, exist_ok=True)
     config = peft_config(cfg, len(decoder_blocks(model)))
     config.base_model_name_or_path = str(base_model)

@@ -7,13 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lingraft.data_prep.dataset import IGNORE_INDEX as IGNORE   # where the packed labels are masked
 from lingraft.train.attention import attention_inputs
 
 if TYPE_CHECKING:
     from lingraft.train.anchor import Anchor
-
-IGNORE = -100
-
 
 def micro_batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], attention: str,
                      doc_mask: bool, anchor: Anchor | None = None) -> torch.Tensor:

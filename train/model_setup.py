@@ -6,7 +6,6 @@ later would still be sharded, reduced and given optimizer state.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import nn
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.train.config import TrainConfig, parse_id_ranges
+from lingraft.train.model_parts import decoder_blocks, named_modules, table_modules
 from lingraft.train.split_vocab import VocabSplit, split_model_tables
 
 log = get_logger(__name__)
@@ -101,23 +101,6 @@ def new_token_ids(cfg: TrainConfig, vocab_size: int) -> torch.Tensor:
     return ids
 
 
-def table_modules(model: nn.Module) -> list[nn.Module]:
-    head = model.get_output_embeddings()
-    return [model.get_input_embeddings(), *([head] if head is not None else [])]
-
-
-def _named(model: nn.Module, names: list[str]) -> list[nn.Module]:
-    modules = dict(model.named_modules())
-    found = []
-    for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(name, list(modules), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise LingraftError(f"trainable_modules: no module named {name!r}{hint}")
-        found.append(modules[name])
-    return found
-
-
 def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
     """Set `requires_grad` for cfg.trainable; for new_rows, split the tables. Returns the split."""
     split = None
@@ -138,7 +121,7 @@ def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
         return split
     trainable = table_modules(model)
     if cfg.trainable == "layers":
-        trainable += _named(model, cfg.trainable_modules)
+        trainable += named_modules(model, cfg.trainable_modules)
     for module in trainable:
         module.requires_grad_(True)
     return split
@@ -161,14 +144,6 @@ def compile_blocks(model: nn.Module) -> None:
     """Compile each decoder block separately: small graphs, no recompiles across blocks."""
     for block in decoder_blocks(model):
         block.compile()
-
-
-def decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise LingraftError(f"{type(model).__name__}: cannot find the decoder blocks (expected model.layers)")
-    return list(layers)
 
 
 def build_model(cfg: TrainConfig, runtime: Runtime) -> tuple[nn.Module, VocabSplit | None]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from lingraft.errors import LingraftError
 from lingraft.train.backends.local_backend import LocalBackend
-from lingraft.train.model_setup import decoder_blocks
+from lingraft.train.model_parts import decoder_blocks
 
 SCHEDULER_FILE = "scheduler.pt"
 MODEL_KEY, OPTIM_KEY = "model", "optim"
