@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
@@ -158,12 +159,26 @@ def _set_path(tree: dict, path: list[str], value: Any) -> None:
         node = child
 
 
+def preset_names() -> list[str]:
+    """The presets shipped inside the package (configs/*.yaml, package `lingraft.configs`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in files("lingraft.configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _config_text(path: str | Path) -> str:
+    """A config file's text; a bare name that is no file (``smoke``) is a shipped preset."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        name = str(path).removesuffix(".yaml")
+        if "/" not in name and name in preset_names():
+            return (files("lingraft.configs") / f"{name}.yaml").read_text(encoding="utf-8")
+        raise ConfigError(f"{path}: config file not found (shipped presets, by name: {preset_names()})") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        data = yaml.safe_load(_config_text(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
     if data is None:

@@ -1,4 +1,4 @@
-"""DeepSpeed configs: the ds_configs/ templates with their "auto" values filled in.
+"""DeepSpeed configs: the ZeRO templates (package data, `lingraft.ds_configs`) with their "auto" values filled in.
 
 Light module (json only) so that `lingraft train` can fill and check the config before it
 launches any process.
@@ -6,16 +6,21 @@ launches any process.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lingraft.config import ConfigError
 from lingraft.train.config import TrainConfig
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "ds_configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable   # Python 3.11+; only a type here
+
+# Read through importlib.resources: the templates ship inside the wheel, wherever it is installed.
+TEMPLATES = files("lingraft.ds_configs")
 
 
-def template_path(cfg: TrainConfig) -> Path:
+def template_path(cfg: TrainConfig) -> Path | Traversable:
     return Path(cfg.ds_config) if cfg.ds_config else TEMPLATES / f"zero{cfg.zero_stage}.json"
 
 

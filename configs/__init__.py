@@ -1,0 +1,1 @@
+"""Pipeline presets (*.yaml), shipped as package data: `lingraft pipeline --config smoke` finds them by name."""
