@@ -27,7 +27,7 @@ def main() -> None:
     from lingraft.evaluation.data import read_texts
     from lingraft.evaluation.models import load_model
     from lingraft.evaluation.bpc import bits_per_character
-    from lingraft.real_model import smollm2_path
+    from lingraft.demo_model import smollm2_path
     parser = argparse.ArgumentParser()
     parser.add_argument("--chars", type=int, default=15000)
     parser.add_argument("--dtypes", default="float32,bfloat16")

@@ -110,7 +110,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lingraft.log import setup_logging
-    from lingraft.real_model import smollm2_path
+    from lingraft.demo_model import smollm2_path
     from lingraft.train.metrics_log import read_metrics
     setup_logging()
     torch.manual_seed(args.seed)

@@ -1,6 +1,6 @@
 """SFT on real weights: does a short LoRA (or full) run lower the held-out answer loss?
 
-SmolLM2-135M-Instruct (lingraft.real_model) on the shared Russian chats: the 500
+SmolLM2-135M-Instruct (lingraft.demo_model) on the shared Russian chats: the 500
 arena-hard chats (long Qwen3-235B answers) are split into train and held-out by position;
 the 137 Alpaca seed tasks (as user/assistant chats) are added to the training side. Both
 sides go through `lingraft prep sft` (chat template, assistant-only mask, packed samples),
@@ -84,7 +84,7 @@ def main() -> None:
 
     from lingraft.config import build_config
     from lingraft.log import setup_logging
-    from lingraft.real_model import smollm2_path
+    from lingraft.demo_model import smollm2_path
     from lingraft.data_prep.sft_config import SftPackConfig
     from lingraft.data_prep.sft_pack import run_sft_pack
     from lingraft.train.config import TrainConfig

