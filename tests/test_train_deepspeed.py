@@ -5,18 +5,21 @@ One launch runs both trainings in the same process group (tests/train_runs.py):
   export must take them from the base model, bit for bit;
 - ZeRO-3, new_rows with tied tables: the gradient is partitioned across ranks, yet the old
   rows stay bit-identical because they are not a parameter at all.
-ZeRO-2 runs under mpirun (tests/test_train_mpi.py). No DeepSpeed C++ op may be compiled.
+- bf16 on every stage (layers, LoRA, new_rows), and ZeRO-3's loss weighted by tokens
+  (2 samples x 1 step = 1 sample x 2 accumulation steps, on masked labels).
+ZeRO-2 in fp32 runs under mpirun (tests/test_train_mpi.py). No DeepSpeed C++ op may be compiled.
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.train_tiny import TABLES, dist_run_config, export_and_compare, free_port, losses, make_tiny_llama, \
-    run_launcher, write_configs, write_packed_folder
+from tests.train_tiny import TABLES, accumulation_pair, assert_same_steps, dist_run_config, export_and_compare, \
+    free_port, losses, make_tiny_llama, run_launcher, write_configs, write_packed_folder
 
 pytestmark = pytest.mark.slow
 
 NEW = set(range(10, 20)) | set(range(70, 96))
+BF16 = {"backend": "deepspeed", "precision": "bf16", "max_steps": 2}
 
 
 def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
@@ -27,15 +30,28 @@ def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
                                  trainable="embeddings", **{"log.tensorboard": True}),
         "zero3": dist_run_config(tied, data, tmp_path / "zero3", backend="deepspeed", zero_stage=3,
                                  trainable="new_rows", new_token_ids="10:20,70:96"),
+        # bf16 on each stage's own optimizer: ZeRO-1 with fp32 gradient accumulation is DeepSpeed's
+        # BF16_Optimizer, ZeRO-2 and ZeRO-3 partition bf16 gradients, reduced in fp32.
+        "zero1_bf16_layers": dist_run_config(untied, data, tmp_path / "zero1_bf16_layers", **BF16, zero_stage=1,
+                                             trainable="layers", trainable_modules=["model.layers.1"]),
+        "zero2_bf16_lora": dist_run_config(untied, data, tmp_path / "zero2_bf16_lora", **BF16, zero_stage=2,
+                                           trainable="lora"),
+        "zero3_bf16_new_rows": dist_run_config(tied, data, tmp_path / "zero3_bf16_new_rows", **BF16, zero_stage=3,
+                                               trainable="new_rows", new_token_ids="10:20,70:96"),
+        **accumulation_pair(untied, write_packed_folder(tmp_path / "masked", masked=True), tmp_path,
+                            backend="deepspeed", zero_stage=3),
     }
     extensions = tmp_path / "torch_extensions"
     run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py",
                   *write_configs(tmp_path, configs)], TORCH_EXTENSIONS_DIR=str(extensions))
     assert not extensions.exists(), "DeepSpeed compiled an op (deepspeed_shm_comm?) on the CPU accelerator"
 
-    for name in configs:
+    for name in ("zero1", "zero3"):
         steps = losses(tmp_path / name)
         assert [s for s, _ in steps] == [1, 2, 3, 4] and steps[-1][1] < steps[0][1], (name, steps)
+    for name in ("zero1_bf16_layers", "zero2_bf16_lora", "zero3_bf16_new_rows"):
+        assert [s for s, _ in losses(tmp_path / name)] == [1, 2], name
+    assert_same_steps(tmp_path)
     assert any((tmp_path / "zero1" / "tensorboard").iterdir())
 
     changed = export_and_compare(tmp_path / "zero1", untied, tmp_path / "hf1")

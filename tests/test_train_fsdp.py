@@ -1,4 +1,5 @@
-"""FSDP2 on CPU under torchrun with 2 ranks (gloo): new_rows, DCP resume, activation checkpointing, export.
+"""FSDP2 on CPU under torchrun with 2 ranks (gloo): new_rows, DCP resume, activation checkpointing, export,
+bf16 (new_rows, LoRA) and a loss weighted by tokens (2 samples x 1 step = 1 sample x 2 accumulation steps).
 
 One torchrun launch runs three trainings in the same process group (tests/train_runs.py):
 an uninterrupted reference, and the same run stopped at step 2 and resumed from its DCP
@@ -12,8 +13,8 @@ import json
 import pytest
 import torch
 
-from tests.train_tiny import (dist_run_config, export_and_compare, losses, make_tiny_llama, run_launcher,
-                              write_configs, write_packed_folder)
+from tests.train_tiny import (accumulation_pair, assert_same_steps, dist_run_config, export_and_compare, losses,
+                              make_tiny_llama, run_launcher, write_configs, write_packed_folder)
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,12 @@ def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
         # warmup covers steps 1-2, so stopping at max_steps=2 sees the same lr as the reference
         "first_half": dist_run_config(model, data, resumed, max_steps=2, **common),
         "second_half": dist_run_config(model, data, resumed, activation_checkpointing=True, **common),
+        # bf16: the frozen old rows are a buffer, which the mixed-precision policy does not cast.
+        "bf16_new_rows": dist_run_config(model, data, tmp_path / "bf16_new_rows", precision="bf16", max_steps=2,
+                                         **common),
+        "bf16_lora": dist_run_config(model, data, tmp_path / "bf16_lora", precision="bf16", max_steps=2,
+                                     backend="fsdp", trainable="lora"),
+        **accumulation_pair(model, write_packed_folder(tmp_path / "masked", masked=True), tmp_path, backend="fsdp"),
     }
     run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py",
                   *write_configs(tmp_path, configs)])
@@ -42,6 +49,10 @@ def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
     state = json.loads((resumed / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
     assert state["meta"]["backend"] == "fsdp" and state["world_size"] == 2
     assert (resumed / "checkpoints" / "step_00000004" / "engine" / ".metadata").is_file()   # a DCP folder
+
+    for name in ("bf16_new_rows", "bf16_lora"):
+        assert [step for step, _ in losses(tmp_path / name)] == [1, 2], name
+    assert_same_steps(tmp_path)
 
     changed = export_and_compare(ref, model, tmp_path / "hf_ref")
     assert not any(v for k, v in changed.items() if k != "model.embed_tokens.weight"), changed   # blocks untouched

@@ -79,6 +79,20 @@ def in_memory_source(cfg, dist):
     return ListSource(packed_samples(200), rank=dist.rank, world_size=dist.world_size)
 
 
+def masked_samples(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """`packed_samples` whose first 0..SEQ-1 labels (a random number per sample) are no target."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    samples = packed_samples(n, seed=seed)
+    for sample in samples:
+        sample["labels"] = sample["labels"].clone()
+        sample["labels"][:int(torch.randint(0, SEQ, (1,), generator=gen))] = -100
+    return samples
+
+
+def masked_source(cfg, dist):
+    return ListSource(masked_samples(64), rank=dist.rank, world_size=dist.world_size)
+
+
 class StallingSource(ListSource):
     """Blocks forever once `stall_at` samples were read: a run stuck mid-way, waiting to be killed."""
 
@@ -105,11 +119,14 @@ if __name__ == "__main__":   # python -m tests.train_tiny MODEL OUT_DIR '{"dotte
           lambda cfg, dist: StallingSource(packed_samples(200), stall_at, dist.rank, dist.world_size))
 
 
-def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: int = SEQ, seed: int = 0) -> Path:
+def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: int = SEQ, seed: int = 0,
+                        masked: bool = False) -> Path:
     """A packed folder written through the packed-format API.
 
     Tokens follow a Zipf-like distribution, so the data has something to learn (a uniform
     stream's loss cannot go below ln(vocab)) and "the loss decreases" is a real check.
+    `masked`: each document's first tokens (a random share, like an SFT prompt) are no target,
+    so samples hold different numbers of targets.
     """
     import numpy as np
 
@@ -123,7 +140,8 @@ def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: 
     builder = ShardBuilder(dtype, eos_id=vocab - 1)
     for _ in range(docs):
         length = int(rng.integers(4, 2 * seq))
-        builder.add(order[rng.choice(vocab - 1, size=length, p=zipf / zipf.sum())], source="synthetic")
+        mask = (np.arange(length) >= rng.integers(0, length)).astype(np.uint8) if masked else None
+        builder.add(order[rng.choice(vocab - 1, size=length, p=zipf / zipf.sum())], mask=mask, source="synthetic")
     record = builder.write(folder, shard_name(0), seq, "stream")
     manifest = new_manifest("test.pack", {})
     manifest.outputs = packed_outputs([record], tokenizer={"spec": "synthetic", "fingerprint": "0" * 64,
@@ -150,6 +168,40 @@ def dist_run_config(model: Path, data: Path, out_dir: Path, **overrides) -> dict
             node = node.setdefault(part, {})
         node[leaf] = value
     return cfg
+
+
+def accumulation_pair(model: Path, masked_data: Path, folder: Path, **overrides) -> dict[str, dict]:
+    """Two runs of one objective on data with masked labels: 2 samples x 1 micro-batch per
+    step, and 1 sample x 2 accumulation steps (`assert_same_steps` compares them)."""
+    common = {"trainable": "full", "max_steps": 2, **overrides}
+    return {"acc_2x1": dist_run_config(model, masked_data, folder / "acc_2x1", micro_batch_size=2,
+                                       grad_accum_steps=1, **common),
+            "acc_1x2": dist_run_config(model, masked_data, folder / "acc_1x2", micro_batch_size=1,
+                                       grad_accum_steps=2, **common)}
+
+
+def assert_same_steps(folder: Path) -> None:
+    """The 2-rank runs of `accumulation_pair` logged the same losses and gradient norms, and so
+    does one local process reading all 4 samples of each step at once (run here, in-process):
+    the global order gives rank r samples r, r+2, ..., so both read the same 4 per step."""
+    import pytest
+    import yaml
+
+    from lingraft.config import build_config
+    from lingraft.train.config import TrainConfig
+    from lingraft.train.loop import train
+    from lingraft.train.metrics_log import read_metrics
+    local = yaml.safe_load((folder / "acc_2x1.yaml").read_text())
+    local.update(backend="local", micro_batch_size=4, out_dir=str(folder / "acc_local"))
+    local.pop("zero_stage", None)
+    local["launch"]["nproc_per_node"] = 1
+    train(build_config(TrainConfig, overrides=local))
+    runs = [read_metrics(folder / name) for name in ("acc_2x1", "acc_1x2", "acc_local")]
+    assert [len(rows) for rows in runs] == [2, 2, 2]
+    for first, *others in zip(*runs):
+        for other in others:
+            assert other["loss"] == pytest.approx(first["loss"], rel=1e-5), runs
+            assert other["grad_norm"] == pytest.approx(first["grad_norm"], rel=1e-4), runs
 
 
 def write_configs(folder: Path, configs: dict[str, dict]) -> list[str]:

@@ -6,7 +6,8 @@ The trained model minimises
 
 where p_ref is the next-token distribution of a frozen copy of the original model, run
 without gradients on the same micro-batch. The KL is taken per position, in float32, and
-averaged over the positions where it applies, like the CE is averaged over its targets.
+averaged over the step's positions where it applies (all ranks, all micro-batches), like the
+CE is averaged over the step's targets (train/loss.py).
 It pulls the trained model's predictions back towards the original's wherever both can
 score the same context, which is what keeps the original language from being forgotten.
 
@@ -67,8 +68,10 @@ log = get_logger(__name__)
 # -- the math (pure functions on tensors) ----------------------------------------------------
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor,
-                    model_cols: torch.Tensor | None = None, ref_cols: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the positions where `mask` is True of KL(p_model ‖ p_ref), in nats.
+                    model_cols: torch.Tensor | None = None, ref_cols: torch.Tensor | None = None,
+                    denominator: float | None = None) -> torch.Tensor:
+    """Mean over the positions where `mask` is True of KL(p_model ‖ p_ref), in nats; with
+    `denominator`, the sum over those positions divided by it (the step's global count).
 
     logits (..., V_model) and ref_logits (..., V_ref) share their leading shape with mask.
     With `model_cols`/`ref_cols` (equal-length id lists, pair i = the same token in both
@@ -84,7 +87,7 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.
     log_p = torch.log_softmax(logits[mask].float(), dim=-1)
     log_q = torch.log_softmax(ref_logits[mask].detach().float(), dim=-1)
     per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return per_position.sum() / mask.sum().clamp(min=1)
+    return per_position.sum() / (mask.sum().clamp(min=1) if denominator is None else denominator)
 
 
 def shared_prefix_mask(is_shared: torch.Tensor, position_ids: torch.Tensor, doc_mask: bool) -> torch.Tensor:
@@ -177,19 +180,22 @@ class Anchor:
                                        self.doc_mask)
         return mask
 
-    def penalty(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], inputs: dict[str, Any]) -> torch.Tensor:
-        """weight * KL for one micro-batch (added to its CE); the KL is kept for `step_metrics`."""
+    def penalty(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], inputs: dict[str, Any],
+                kl_positions: float) -> torch.Tensor:
+        """weight * this micro-batch's share of the step's KL (summed here, divided by the step's
+        `kl_positions`), added to its CE; the share is kept for `step_metrics`."""
         cols = (self.shared.model_cols, self.shared.ref_cols) if self.shared is not None else (None, None)
-        kl = kl_to_reference(logits, self.reference_logits(batch, inputs), self.kl_mask(batch), *cols)
+        kl = kl_to_reference(logits, self.reference_logits(batch, inputs), self.kl_mask(batch), *cols,
+                             denominator=kl_positions)
         self._kls.append(kl.detach())
         return self.weight * kl
 
-    def step_metrics(self, mean_loss: float, device: torch.device) -> dict[str, float]:
-        """Mean KL of this step's micro-batches over all ranks (a collective), and the CE part of the loss."""
-        from lingraft.train.backends.base import global_mean_loss
+    def step_metrics(self, step_loss: float, device: torch.device) -> dict[str, float]:
+        """The step's per-position KL over all ranks (a collective), and the CE part of the loss."""
+        from lingraft.train.backends.base import global_step_loss
         kls, self._kls = self._kls, []
-        kl = global_mean_loss(kls, device)
-        return {"kl": kl, "ce": mean_loss - self.weight * kl}
+        kl = global_step_loss(kls, device)
+        return {"kl": kl, "ce": step_loss - self.weight * kl}
 
 
 # -- construction --------------------------------------------------------------------------

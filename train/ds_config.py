@@ -52,7 +52,22 @@ def fill_ds_config(cfg: TrainConfig, world_size: int, bf16: bool, hidden_size: i
     _fill(ds, "", auto)
     # The optimizer is torch.optim.AdamW (no compiled DeepSpeed ops needed, CPU included).
     ds["zero_allow_untested_optimizer"] = True
+    if bf16:
+        _reduce_in_fp32(ds, path)
     return ds
+
+
+def _reduce_in_fp32(ds: dict[str, Any], path: Path) -> None:
+    """Gradients are reduced and accumulated in fp32 under bf16 weights.
+
+    A rare new row gets a gradient from few tokens; summed in bf16 (8 mantissa bits) over
+    ranks and micro-batches beside large ones, it rounds away. A template that asks for
+    something else on purpose keeps its value.
+    """
+    if not isinstance(ds.setdefault("data_types", {}), dict):
+        raise ConfigError(f"ds_config: {path}: data_types must be a section")
+    ds["data_types"].setdefault("grad_accum_dtype", "fp32")
+    ds.setdefault("communication_data_type", "fp32")
 
 
 def _fill(node: dict[str, Any], prefix: str, auto: dict[str, Any]) -> None:

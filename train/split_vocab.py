@@ -71,7 +71,9 @@ class SplitVocabEmbedding(nn.Module):
         # and their (zero) gradient contributions.
         old = F.embedding(local.clamp(max=self.frozen.shape[0] - 1), self.frozen)
         new = F.embedding(local.clamp(max=self.new.shape[0] - 1), self.new)
-        return torch.where(is_new, new, old)
+        # FSDP2's mixed precision casts Parameters, never buffers: under bf16 the new rows
+        # arrive in bf16 while the frozen rows stay fp32. The output follows the new rows.
+        return torch.where(is_new, new, old.to(new.dtype))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -92,7 +94,10 @@ class SplitVocabHead(nn.Module):
         self.out_features = split.vocab_size
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = torch.cat([F.linear(hidden, self.frozen), F.linear(hidden, self.new)], dim=-1)
+        # The frozen buffer is not cast by FSDP2's mixed precision (see SplitVocabEmbedding.forward).
+        frozen = self.frozen if self.frozen.dtype == hidden.dtype else self.frozen.to(hidden.dtype)
+        new = self.new if self.new.dtype == hidden.dtype else self.new.to(hidden.dtype)
+        logits = torch.cat([F.linear(hidden, frozen), F.linear(hidden, new)], dim=-1)
         return logits if self.split.is_suffix else logits.index_select(-1, self.split.concat_pos)
 
     @property

@@ -15,7 +15,7 @@ from lingraft.train.dist import all_reduce_sum
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float               # mean over micro-batches and ranks
+    loss: float               # per-token mean over the step's targets, all ranks
     grad_norm: float | None   # global L2 norm before clipping
     lr: float
     metrics: dict[str, float] = field(default_factory=dict)   # extra per-step numbers to log (anchor: kl, ce)
@@ -44,19 +44,19 @@ class TrainBackend(Protocol):
         """Optimizer-state bytes held by this rank."""
 
 
-def global_mean_loss(local_losses: list[torch.Tensor], device: torch.device) -> float:
-    """Mean loss over all micro-batches of all ranks; raise NonFiniteLoss if any is NaN/inf.
+def global_step_loss(shares: list[torch.Tensor], device: torch.device) -> float:
+    """The step's loss: the sum of every micro-batch's share over all ranks (train/loss.py);
+    raise NonFiniteLoss if any share is NaN/inf.
 
     One collective carries both numbers so that every rank takes the same decision
     (a rank raising alone would leave the others blocked in the next collective).
     """
-    stacked = torch.stack([loss.detach().float() for loss in local_losses])
+    stacked = torch.stack([share.detach().float() for share in shares])
     finite = torch.isfinite(stacked)
-    total, bad, count = all_reduce_sum([float(stacked[finite].sum()), float((~finite).sum()), float(len(local_losses))],
-                                       device)
+    total, bad = all_reduce_sum([float(stacked[finite].sum()), float((~finite).sum())], device)
     if bad:
         raise NonFiniteLoss(float(stacked[~finite][0]) if (~finite).any() else math.nan)
-    return total / count
+    return total
 
 
 def trainable_named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from lingraft.train.anchor import build_anchor
-from lingraft.train.backends.base import StepResult, global_mean_loss
+from lingraft.train.backends.base import StepResult, global_step_loss
 from lingraft.train.config import TrainConfig
 from lingraft.train.dist import DistInfo, skip_deepspeed_shm_build
 from lingraft.train.ds_config import fill_ds_config
-from lingraft.train.loss import micro_batch_loss
+from lingraft.train.loss import StepTokens, micro_batch_loss
 from lingraft.train.model_setup import Runtime, weights_dtype
 from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
@@ -40,13 +40,17 @@ class DeepSpeedBackend:
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         losses = []
         last = len(micro_batches) - 1
+        tokens = StepTokens.of_step(micro_batches, self.anchor, self.runtime.device)
         for i, batch in enumerate(micro_batches):
-            loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask, anchor=self.anchor)
-            self.engine.backward(loss)        # scales by 1/gradient_accumulation_steps itself
+            loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask,
+                                    anchor=self.anchor, step=tokens)
+            # Each share is already divided by the step's global token count (train/loss.py): no
+            # 1/gradient_accumulation_steps, and ×world_size against ZeRO's averaging over ranks.
+            self.engine.backward(loss * self.engine.dp_world_size, scale_wrt_gas=False)
             losses.append(loss.detach())
             if i < last:
                 self.engine.step()            # not a boundary: only advances DeepSpeed's counters
-        mean_loss = global_mean_loss(losses, self.runtime.device)   # raises before the update on NaN/inf
+        mean_loss = global_step_loss(losses, self.runtime.device)   # raises before the update on NaN/inf
         metrics = self.anchor.step_metrics(mean_loss, self.runtime.device) if self.anchor else {}
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()

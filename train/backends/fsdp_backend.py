@@ -13,7 +13,7 @@ sharded master weights and the AdamW state stay fp32; on CPU everything is fp32.
 Checkpoints are torch.distributed.checkpoint (DCP) folders: every rank writes its own
 shards of the trainable parameters and their optimizer state (no gather on one rank),
 frozen weights are left out (they come from the base model, as for ZeRO). Resuming needs
-the same world size, like every engine here (train/checkpointing.py checks it).
+the same world size, like every engine here (train/trainer_checkpoint.py checks it).
 """
 from __future__ import annotations
 
@@ -50,6 +50,10 @@ class FSDPBackend(LocalBackend):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
         return model
+
+    @property
+    def grad_average_over(self) -> int:
+        return self.dist.world_size        # the reduce-scatter averages over ranks
 
     def autocast(self):
         return contextlib.nullcontext()   # the mixed-precision policy casts parameters itself

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from lingraft.train.anchor import build_anchor
-from lingraft.train.backends.base import StepResult, global_mean_loss, trainable_named_parameters
+from lingraft.train.backends.base import StepResult, global_step_loss, trainable_named_parameters
 from lingraft.train.config import TrainConfig
 from lingraft.train.dist import DistInfo
-from lingraft.train.loss import micro_batch_loss
+from lingraft.train.loss import StepTokens, micro_batch_loss
 from lingraft.train.model_setup import Runtime, weights_dtype
 from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
 
@@ -36,10 +36,16 @@ class LocalBackend:
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
+    # Gradient reduction averages over this many ranks; each share of the loss is scaled back up
+    # by it, so the reduced gradient is that of the step's per-token mean (train/loss.py).
+    @property
+    def grad_average_over(self) -> int:
+        return 1
+
     def autocast(self):
-        # Weights stay fp32 (they are the master copy); matmuls run in bf16 on GPU.
-        if self.runtime.device.type == "cuda" and self.runtime.dtype == torch.bfloat16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        # Weights stay fp32 (they are the master copy); matmuls run in bf16 (CPU and GPU).
+        if self.runtime.dtype == torch.bfloat16:
+            return torch.autocast(self.runtime.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def grad_norm_and_clip(self) -> float:
@@ -48,13 +54,15 @@ class LocalBackend:
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         losses = []
+        tokens = StepTokens.of_step(micro_batches, self.anchor, self.runtime.device)
         for batch in micro_batches:
             with self.autocast():
-                loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask, anchor=self.anchor)
-            (loss / len(micro_batches)).backward()
+                loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask,
+                                        anchor=self.anchor, step=tokens)
+            (loss * self.grad_average_over).backward()
             losses.append(loss.detach())
         try:
-            mean_loss = global_mean_loss(losses, self.runtime.device)
+            mean_loss = global_step_loss(losses, self.runtime.device)
         except Exception:
             self.optimizer.zero_grad(set_to_none=True)
             raise
