@@ -1,4 +1,5 @@
-# Two entry points: `make test` and `make demo`. Both build (or reuse) .venv/.
+# Entry points: `make test` (unit + integration), `make test-unit`, `make lint`, `make demo`.
+# Each builds (or reuses) .venv/.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.lingraft-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test test-unit demo bench lint clean
 
 setup: $(STAMP)
 
@@ -18,6 +19,16 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
 
 test: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier: no shared data, no multi-process training, well under a minute.
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle, bugbear; settings in pyproject.toml), then the house rules:
+# no import cycles, no file over 400 lines.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) scripts/check_house.py
 
 # `make demo PRESET=smoke` runs another preset; DEMO_ARGS passes flags (--dry-run, --force NAME...).
 PRESET ?= demo

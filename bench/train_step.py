@@ -204,8 +204,9 @@ def worker(args) -> None:
             continue
         cfg = _config(args, workdir, shape, trainable, doc_mask)
         clock = StepClock()
-        train(cfg, lambda c, d: RandomPacked(SHAPES[shape]["vocab_size"], args.seq, d.rank, clock=clock,
-                                             samples_per_step=args.micro_batch * args.accum))
+        vocab = SHAPES[shape]["vocab_size"]
+        train(cfg, lambda c, d, vocab=vocab, clock=clock: RandomPacked(vocab, args.seq, d.rank, clock=clock,
+                                                                       samples_per_step=args.micro_batch * args.accum))
         run["step_s"], run["cpu_s"] = clock.median_step(skip=args.warmup)   # marks at step starts
         run["tokens_per_s"] = tokens_per_step / run["step_s"]
         manifest = Path(cfg.out_dir) / "manifest.json"

@@ -8,7 +8,8 @@ from lingraft.registry import Command
 COMMANDS: list = [
     Command(path=("eval", "bpc"), config_cls=BpcEvalConfig, runner="lingraft.evaluation.text_tasks:run_bpc",
             help="bits per character and per byte on held-out text (sliding window)"),
-    Command(path=("eval", "tokenizer"), config_cls=TokenizerEvalConfig, runner="lingraft.evaluation.text_tasks:run_tokenizer",
+    Command(path=("eval", "tokenizer"), config_cls=TokenizerEvalConfig,
+            runner="lingraft.evaluation.text_tasks:run_tokenizer",
             help="compression statistics of the model's own tokenizer"),
     Command(path=("eval", "copy"), config_cls=CopyEvalConfig, runner="lingraft.evaluation.copy_task:run_copy",
             help="Darumeru copy task: repeat sentences and paragraphs through the chat template (greedy)"),

@@ -160,7 +160,7 @@ def run_mc(cfg: McEvalConfig) -> dict[str, Any]:
         raise LingraftError(f"task names clash: {names}")
     loaded = load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
     results: dict[str, Any] = {}
-    for name, path, items, drops in tasks:
+    for name, _path, items, drops in tasks:
         prompts = prompts_with_shots(items, cfg.num_fewshot, cfg.fewshot_separator, cfg.seed)
         loglik = score_items(loaded.model, loaded.tokenizer, items, prompts, cfg.max_length, cfg.batch_tokens,
                              desc=f"mc {name}")

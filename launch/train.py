@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 from lingraft.cli import _add_config_flags, run_command  # noqa: E402

@@ -59,5 +59,6 @@ COMMANDS.append(Command(
     help="each module's relative reconstruction error and size against the dense delta"))
 
 COMMANDS.append(Command(
-    path=("skillpack", "inspect"), config_cls=SkillpackInspectConfig, runner="lingraft.propagate.skillpack.stage:run_inspect",
+    path=("skillpack", "inspect"), config_cls=SkillpackInspectConfig,
+    runner="lingraft.propagate.skillpack.stage:run_inspect",
     help="show a skill pack's manifest: base, policies, ranks, bits and sizes"))

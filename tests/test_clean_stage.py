@@ -26,8 +26,8 @@ def _paragraph(seed: int, n_words: int = 300) -> str:
 
 
 def _jsonl(path: Path, lines: list[str | dict]) -> Path:
-    path.write_text("".join((l if isinstance(l, str) else json.dumps(l, ensure_ascii=False)) + "\n"
-                            for l in lines), encoding="utf-8")
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)) + "\n"
+                            for line in lines), encoding="utf-8")
     return path
 
 

@@ -181,5 +181,6 @@ def test_cli_missing_required_and_usage_errors(run_cli, tmp_path):
 def test_cli_runtime_error_is_one_line_exit_1(run_cli, tmp_path):
     code, _, err = run_cli("prep", "clean", "--source", tmp_path / "missing.jsonl", "--out", tmp_path / "o")
     assert code == 1
-    assert err.strip() == f"lingraft prep clean: error: sources[0].path: {tmp_path / 'missing.jsonl'}: no such file or folder"
+    missing = tmp_path / "missing.jsonl"
+    assert err.strip() == f"lingraft prep clean: error: sources[0].path: {missing}: no such file or folder"
     assert not (tmp_path / "o").exists()

@@ -51,7 +51,8 @@ def test_smoke_preset_runs_end_to_end_then_skips(tmp_path, shared, monkeypatch, 
 
     # B doubles as I, so LEP conversion must hand back the trained tables (least squares, float64),
     # except the special tokens' rows, which LEP always takes from the instruct model.
-    adapted, propagated = load_file(work / "export" / "model.safetensors"), load_file(work / "propagate" / "model.safetensors")
+    adapted = load_file(work / "export" / "model.safetensors")
+    propagated = load_file(work / "propagate" / "model.safetensors")
     special = load_tokenizer(work / "propagate").all_special_ids
     for table in ("model.embed_tokens.weight", "lm_head.weight"):
         keep = torch.ones(adapted[table].shape[0], dtype=torch.bool)

@@ -86,7 +86,7 @@ def _damaged(path: Path, damage: str) -> Path:
 @pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
 def test_damaged_compressed_file_is_a_named_drop_and_a_strict_error(tmp_path, suffix, damage):
     path = _damaged(tmp_path / f"c.jsonl{suffix}", damage)
-    good = _write(tmp_path / "d.jsonl.zst", _jsonl_bytes([{"text": "after"}]))
+    _write(tmp_path / "d.jsonl.zst", _jsonl_bytes([{"text": "after"}]))
     drops = DropLog()
     texts = _read(SourceConfig(path=str(tmp_path)), drops)
     assert len(texts) < 3000 and texts[-1] == "after"      # the next file is still read

@@ -246,7 +246,7 @@ def test_no_code_loads_pickles_or_enables_remote_code_by_itself():
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-            where = lambda node: f"{path.relative_to(REPO)}:{node.lineno}"   # noqa: E731
+            where = lambda node, path=path: f"{path.relative_to(REPO)}:{node.lineno}"   # noqa: E731
             for node, owner, name, kw in _calls(tree):
                 if owner in ("pickle", "dill", "cloudpickle") and name in ("load", "loads", "Unpickler"):
                     problems.append(f"{where(node)}: {owner}.{name}")

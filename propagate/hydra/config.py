@@ -12,7 +12,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 @dataclass
 class HydraExportConfig:
     """Stack two models that share one body (e.g. I and `lingraft propagate`'s output) into a Hydra model."""
-    original: str = field(default="", metadata={"help": "the model with the original vocabulary (e.g. the instruct model I)"})
+    original: str = field(default="", metadata={
+        "help": "the model with the original vocabulary (e.g. the instruct model I)"})
     adapted: str = field(default="", metadata={"help": "the same body with the new vocabulary (e.g. the propagated model)"})
     language: str = field(default="", metadata={"help": "name of the new vocabulary and its head, e.g. ru"})
     original_name: str = field(default="orig", metadata={"help": "name of the original vocabulary and its head"})
