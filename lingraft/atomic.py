@@ -1,7 +1,7 @@
 """Atomic writes: a reader never sees a half-written file or folder.
 
 Files are written to a temporary sibling, flushed and fsync'ed, then renamed into place;
-folders are assembled under a temporary name and renamed whole. A crash leaves at most a
+folders are assembled under a temporary name, fsync'ed file by file, and renamed whole. A crash leaves at most a
 `.tmp-*` entry behind, which later runs ignore; the next `atomic_dir` write of the same
 output removes it once its writer is gone (`sweep_dead_writers`; files are many and small,
 and stages that write many clear their folder with `clean_stale_tmp`). A write that runs out of disk space
@@ -46,13 +46,36 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """fsync every file under `folder`, then every folder bottom-up (entries before their parent).
+
+    For folders written by other code (torch.save, DeepSpeed, DCP) before an atomic rename
+    publishes them: without it a crash, or another node of a shared filesystem, can see the
+    renamed folder with files still empty or missing.
+    """
+    folders = []
+    for current, _, files in os.walk(folder):
+        folders.append(Path(current))
+        for name in files:
+            path = Path(current) / name
+            if path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for path in reversed(folders):
+        fsync_dir(path)
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -102,7 +125,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except Exception as exc:
         if out_of_space(exc) and not isinstance(exc, LingraftError):
             raise no_space_error(path, exc) from exc
@@ -142,6 +165,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)         # what the block wrote is on disk before the rename publishes it
         if path.exists():
             old = path.with_name(f"{TMP_PREFIX}{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -150,7 +174,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except Exception as exc:
         if out_of_space(exc) and not isinstance(exc, LingraftError):
             raise no_space_error(path, exc) from exc

@@ -9,8 +9,12 @@ Layout under ``<out_dir>/checkpoints``::
     latest                    name of the newest complete checkpoint
 
 All ranks write into ``.tmp-step_...`` (a shared filesystem is assumed across nodes);
-after a barrier rank 0 renames it into place and only then updates ``latest``. A run
-killed at any moment leaves either the previous or the new checkpoint, never half of one.
+one rank per node fsyncs what was written (its node's page cache holds its ranks' files),
+then, after a barrier, rank 0 renames the folder into place and only then updates
+``latest``. A run killed at any moment leaves either the previous or the new checkpoint,
+never half of one. A ``latest`` that names no complete checkpoint (lost, or deleted by
+hand) falls back to the newest complete one, with a warning; pruning never deletes the
+checkpoint just written nor any newer one.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, out_of_space, write_json
+from lingraft.atomic import TMP_PREFIX, atomic_open, clean_stale_tmp, fsync_dir, fsync_tree, out_of_space, write_json
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.train.dist import DistInfo, barrier
@@ -83,15 +87,28 @@ def save_checkpoint(out_dir: Path, step: int, dist: DistInfo, save_engine: Calla
         shutil.rmtree(tmp, ignore_errors=True)      # give the space back; the last checkpoint is untouched
         raise _save_failed(out_dir, step, exc) from exc
     barrier()
+    if dist.local_rank == 0:
+        fsync_tree(tmp)             # this node's ranks' files are durable before anyone publishes them
+    barrier()
     if dist.is_main:
-        if final.exists():          # a re-run of the same step after a crash past the rename
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _publish(tmp, final)
         with atomic_open(root / LATEST) as fh:
             fh.write(final.name + "\n")
-        _prune(root, keep_last)
+        _prune(root, keep_last, final)
     barrier()
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename `tmp` onto `final`; an existing `final` (the same step redone after a crash past
+    the rename) is moved aside first and removed only once the new one is in place."""
+    old = final.with_name(f"{TMP_PREFIX}{final.name}.old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_failure(exc: BaseException) -> bool:
@@ -101,7 +118,10 @@ def _write_failure(exc: BaseException) -> bool:
 
 def _save_failed(out_dir: Path, step: int, exc: BaseException) -> LingraftError:
     cause = "out of disk space" if out_of_space(exc) else str(exc).splitlines()[0][:200]
-    last = latest_checkpoint(out_dir)
+    try:
+        last = latest_checkpoint(out_dir)
+    except LingraftError:       # `latest` names nothing that is left: say so below, do not mask the cause
+        last = None
     return LingraftError(f"writing checkpoint {step_name(step)} failed ({cause}; is the disk full?). The last "
                          f"good checkpoint is {last if last else 'none yet'}, intact: free space and rerun to resume")
 
@@ -113,19 +133,44 @@ def _gather_data_states(tmp: Path, dist: DistInfo, trainer_state: dict[str, Any]
         write_json(tmp / STATE_FILE, {**trainer_state, "world_size": dist.world_size})
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    done = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in done[:-keep_last]:
+def _prune(root: Path, keep_last: int, written: Path) -> None:
+    """Keep `written` and the keep_last - 1 newest complete checkpoints before it. Newer ones
+    (a run restarted with resume off) are not this run's to delete; incomplete ones are left
+    for a person to look at."""
+    older = [p for p in complete_checkpoints(root) if p.name < written.name]
+    for old in older[:max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders with their trainer state, oldest first (step names sort by step)."""
+    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint `latest` names; if it names none that is complete, the newest complete
+    one (with a warning). A pointer to nothing, with no complete checkpoint left, is an
+    error: starting again from step 0 would silently throw the run's progress away."""
     root = checkpoint_root(out_dir)
     pointer = root / LATEST
     if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    return path if (path / STATE_FILE).is_file() else None
+        complete = complete_checkpoints(root)
+        if complete:       # a crash between the rename and the pointer's update
+            log.warning("%s: no %s pointer; resuming from the newest complete checkpoint, %s",
+                        root, LATEST, complete[-1].name)
+        return complete[-1] if complete else None
+    named = pointer.read_text().strip()
+    path = root / named
+    if named and (path / STATE_FILE).is_file():
+        return path
+    complete = complete_checkpoints(root)
+    if not complete:
+        raise LingraftError(f"{pointer} names checkpoint {named!r}, which is missing or incomplete, and no complete "
+                            f"checkpoint is left in {root}. Restore it, or delete {pointer} (or set "
+                            "checkpoint.resume=false) to start again from step 0")
+    log.warning("%s names %r, which is missing or incomplete; falling back to the newest complete checkpoint, %s",
+                pointer, named, complete[-1].name)
+    return complete[-1]
 
 
 def load_trainer_state(ckpt: Path, dist: DistInfo) -> dict[str, Any]:
