@@ -59,3 +59,19 @@ def test_a_step_without_targets_is_zero_not_nan():
         def forward(self, input_ids, **_):
             return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 8, requires_grad=True)})()
     assert float(micro_batch_loss(Logits(), batch, "sdpa", True, step=StepTokens(0.0))) == 0.0
+
+
+def test_deepspeed_reduces_and_accumulates_bf16_gradients_in_fp32(tmp_path):
+    import json
+
+    from lingraft.train.ds_config import fill_ds_config
+    from tests.conftest import REPO
+    cfg = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", zero_stage=2)
+    filled = fill_ds_config(cfg, world_size=2, bf16=True, hidden_size=64)
+    assert filled["communication_data_type"] == "fp32" and filled["data_types"]["grad_accum_dtype"] == "fp32"
+    assert "communication_data_type" not in fill_ds_config(cfg, world_size=2, bf16=False, hidden_size=64)
+    template = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    template["communication_data_type"] = "bf16"                       # asked for on purpose: kept
+    (tmp_path / "zero2.json").write_text(json.dumps(template))
+    cfg = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", zero_stage=2, ds_config=str(tmp_path / "zero2.json"))
+    assert fill_ds_config(cfg, world_size=2, bf16=True, hidden_size=64)["communication_data_type"] == "bf16"

@@ -42,19 +42,48 @@ def _default_source(cfg: TrainConfig, dist: DistInfo) -> SampleSource:
     return open_packed(cfg.data, rank=dist.rank, world_size=dist.world_size, seed=cfg.seed)
 
 
-def _grad_plan(cfg: TrainConfig, model: torch.nn.Module, shape: ModelShape, split) -> GradPlan:
-    blocks = frozenset(i for i, block in enumerate(decoder_blocks(model))
-                       if any(p.requires_grad for p in block.parameters()))
-    new_rows = int(split.new_ids.numel()) if split is not None else 0
-    return GradPlan.for_mode(cfg.trainable, shape, blocks=blocks, new_rows=new_rows)
+def _grad_plan(model: torch.nn.Module, shape: ModelShape, split) -> GradPlan:
+    """What the wrapped model trains, read off `requires_grad`: the same plan for every mode."""
+    def numel(p: torch.Tensor) -> int:
+        return getattr(p, "ds_numel", p.numel())     # a ZeRO-3 parameter is empty outside forward
+
+    def is_matrix(p: torch.Tensor) -> bool:
+        return len(getattr(p, "ds_shape", p.shape)) >= 2
+
+    blocks, weight_flops, adapter_flops = set(), 0.0, 0.0
+    for index, block in enumerate(decoder_blocks(model)):
+        for name, param in block.named_parameters():
+            if param.requires_grad:
+                blocks.add(index)
+                if is_matrix(param):
+                    weight_flops += 2.0 * numel(param)
+                    adapter_flops += 2.0 * numel(param) if "lora_" in name else 0.0
+    head = model.get_output_embeddings()
+    head_rows = 0
+    if head is not None and any(p.requires_grad for p in head.parameters()):
+        head_rows = int(split.new_ids.numel()) if split is not None else shape.vocab
+    embeddings = any(p.requires_grad for p in model.get_input_embeddings().parameters())
+    return GradPlan(embeddings, head_rows, frozenset(blocks), weight_flops, adapter_flops)
 
 
-def _flops_per_token(cfg: TrainConfig, shape: ModelShape, plan: GradPlan, micro: list[dict[str, torch.Tensor]]) -> float:
+def _reference_shape(cfg: TrainConfig) -> ModelShape | None:
+    """The KL anchor's reference model: one more forward pass per token."""
+    if cfg.anchor.weight == 0:
+        return None
+    from transformers import AutoConfig
+
+    from lingraft.train.anchor import reference_path
+    return ModelShape.from_hf_config(AutoConfig.from_pretrained(reference_path(cfg)))
+
+
+def _flops_per_token(cfg: TrainConfig, shape: ModelShape, plan: GradPlan, reference: ModelShape | None,
+                     micro: list[dict[str, torch.Tensor]]) -> float:
     if cfg.doc_mask:
         attended = sum(attended_keys_per_token(b["position_ids"]) for b in micro) / len(micro)
     else:
         attended = (micro[0]["input_ids"].shape[1] + 1) / 2
-    return training_flops_per_token(shape, plan, attended)
+    reference_flops = reference.forward_flops(attended) if reference is not None else 0.0
+    return training_flops_per_token(shape, plan, attended) + reference_flops
 
 
 def _peak_memory_gib(runtime: Runtime) -> float:
@@ -101,7 +130,7 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
         log.info("resumed from %s (step %d)", ckpt, step)
 
     shape = ModelShape.from_hf_config(model_config)
-    plan = _grad_plan(cfg, backend.model, shape, split)
+    plan, reference = _grad_plan(backend.model, shape, split), _reference_shape(cfg)
     peak = peak_flops_per_device(cfg.log.peak_tflops)
     metrics = MetricsLogger(out_dir, cfg.log, dist.is_main, step, to_dict(cfg))
     meta = run_meta(cfg, split)
@@ -130,7 +159,7 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
                 row = {"step": step, "loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
                        "tokens_per_s": tokens_per_s, "step_time_s": elapsed,
                        "peak_mem_gib": _peak_memory_gib(runtime), **result.metrics}
-                utilisation = mfu(tokens / elapsed, _flops_per_token(cfg, shape, plan, micro), peak)
+                utilisation = mfu(tokens / elapsed, _flops_per_token(cfg, shape, plan, reference, micro), peak)
                 if utilisation is not None:
                     row["mfu"] = utilisation
                 metrics.log_step(row)
