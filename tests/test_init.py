@@ -57,7 +57,7 @@ def untied_mean(untied_model, new_tokenizer_dir, tmp_path_factory) -> Path:
     from lingraft.cli import main
     out = tmp_path_factory.mktemp("out") / "untied_mean"
     assert main(["init", "--model", str(untied_model), "--tokenizer", str(new_tokenizer_dir), "--method", "mean",
-                 "--out", str(out), "--max-shard-gb", "0.0001"]) == 0
+                 "--out", str(out), "--max-shard-gb", "0.0001", "--shrink-table", "true"]) == 0
     return out
 
 
@@ -139,11 +139,50 @@ def test_token_map_is_saved_and_reapplies(untied_model, untied_mean, old_tokeniz
     assert manifest["metrics"]["surgery_peak_rss_mb"] > 0 and manifest["metrics"]["surgery_seconds"] > 0
 
 
+SPARE_ROWS = 100        # like Qwen's 271 rows past its tokenizer
+
+
+@pytest.fixture(scope="module")
+def spare_model(tmp_path_factory, old_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("spare") / "m"
+    save_tiny_llama(folder, vocab=len(old_tokenizer) + SPARE_ROWS, tied=False, shard=None)
+    old_tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("added, shrink, padded_by", [(40, False, None), (40, True, 64), (SPARE_ROWS + 30, False, 64)],
+                         ids=["fits-in-spare-rows", "shrink-asked", "grows"])
+def test_new_tokens_take_spare_rows_before_the_table_grows(spare_model, old_tokenizer, tmp_path, run_cli, added,
+                                                          shrink, padded_by):
+    import copy
+    tok = copy.deepcopy(old_tokenizer)
+    assert tok.add_tokens([f"словоформа{i}" for i in range(added)]) == added
+    tok.save_pretrained(str(tmp_path / "tok"))
+    out = tmp_path / "out"
+    code, _, err = run_cli("init", "--model", spare_model, "--tokenizer", tmp_path / "tok", "--out", out,
+                           "--method", "mean", "--shrink-table", str(shrink).lower())
+    assert code == 0, err
+    tokens, stored = len(tok), len(old_tokenizer) + SPARE_ROWS
+    expected = stored if padded_by is None else math.ceil(tokens / padded_by) * padded_by
+    old, new = all_tensors(spare_model), all_tensors(out)
+    assert new[EMBED].shape[0] == new[HEAD].shape[0] == expected
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == expected
+    manifest = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert (manifest["rows"], manifest["checkpoint_rows"]) == (expected, stored)
+    n_old = len(old_tokenizer)
+    for name in (EMBED, HEAD):
+        assert torch.equal(new[name][:n_old], old[name][:n_old])      # every old token kept bit for bit
+        fill = old[name][:n_old].float().mean(dim=0).to(torch.bfloat16)
+        assert all(torch.equal(row, fill) for row in new[name][tokens:])
+        assert not any(torch.equal(row, fill) for row in new[name][n_old:tokens])   # added tokens are meaned
+
+
 def test_tied_weighted_mean(tied_model, new_tokenizer_dir, tmp_path, run_cli, old_tokenizer, shared):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = tmp_path / "tied"
     code, stdout, _ = run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir,
                               "--method", "weighted-mean", "--out", out, "--pad-to-multiple", "128",
+                              "--shrink-table", "true",
                               "--eval-text", shared / "ru_text" / "ud_russian_sentences.jsonl", "--eval-max-docs", 5)
     assert code == 0 and "provenance" in stdout
     bpc = json.loads((out / "manifest.json").read_text())["metrics"]["bpc"]
@@ -263,7 +302,7 @@ def test_mean_init_beats_random_on_smollm2(smollm2, shared):
     model.resize_token_embeddings(len(new_tok), pad_to_multiple_of=64, mean_resizing=False)
     bpc = {}
     for method in ("mean", "random"):
-        cfg = InitConfig(model=str(smollm2), tokenizer="-", out="-", method=method)
+        cfg = InitConfig(model=str(smollm2), tokenizer="-", out="-", method=method, shrink_table=True)
         table = build_tables(cfg, {EMBED: old_table}, old_tok, new_tok).tables[EMBED]
         model.get_input_embeddings().weight.data.copy_(table)      # tied: the head follows
         bpc[method] = bits_per_character(model, new_tok, texts).bits_per_character

@@ -42,13 +42,28 @@ def random_table(table: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
     return (mean.to(torch.float32) + noise @ factor.T.to(torch.float32)).to(table.dtype)
 
 
-def pad_rows(table: torch.Tensor, multiple: int, fill: torch.Tensor) -> torch.Tensor:
-    """Append copies of `fill` (a row) until the row count is a multiple of `multiple`.
+def table_rows(tokens: int, stored_rows: int, multiple: int, shrink: bool) -> int:
+    """Rows of a new table for `tokens` tokens, over a checkpoint table of `stored_rows` rows.
+
+    Checkpoints often carry spare rows past their tokenizer (Qwen2: 151,936 rows for 151,665
+    tokens): new tokens take those first, and the table grows (padded to `multiple`) only when
+    they run out. It keeps at least the checkpoint's size, which its config, tensor-parallel
+    splits and sibling checkpoints assume, unless `shrink` asks for the padded token count.
+    """
+    if tokens > stored_rows:
+        return padded_size(tokens, multiple)
+    return min(padded_size(tokens, multiple), stored_rows) if shrink else stored_rows
+
+
+def pad_rows(table: torch.Tensor, rows: int, fill: torch.Tensor) -> torch.Tensor:
+    """Append copies of `fill` (a row) until the table has `rows` rows.
 
     Padding rows are never produced by the tokenizer, but an LM head still scores them, so
     they get the same neutral value as a token without a source (the caller passes the mean).
     """
-    extra = padded_size(table.shape[0], multiple) - table.shape[0]
+    extra = rows - table.shape[0]
+    if extra < 0:
+        raise LingraftError(f"cannot pad a table of {table.shape[0]} rows to {rows}")
     if not extra:
         return table
     return torch.cat([table, fill.to(table.dtype).expand(extra, -1)], dim=0)

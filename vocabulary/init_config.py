@@ -19,7 +19,11 @@ class InitConfig:
     method: InitMethod = field(default="mean", metadata={"help": "how new rows are initialised"})
     old_tokenizer: str | None = field(default=None, metadata={
         "help": "the model's own tokenizer, when the model folder does not hold it"})
-    pad_to_multiple: int = field(default=64, metadata={"help": "pad the vocabulary to a multiple of this (1: none)"})
+    pad_to_multiple: int = field(default=64, metadata={
+        "help": "when the table grows, pad it to a multiple of this (1: none)"})
+    shrink_table: bool = field(default=False, metadata={
+        "help": "let the table shrink to the new vocabulary (padded); by default it keeps at least the "
+                "checkpoint's rows, and new tokens fill its spare rows before it grows"})
     max_shard_gb: float = field(default=5.0, metadata={"help": "largest output shard in GB"})
     position_decay: float = field(default=0.8, metadata={
         "help": "weighted-mean: weight of the k-th old piece is position_decay**k"})

@@ -37,6 +37,7 @@ from lingraft.vocabulary.embedding_init import (
     pad_rows,
     random_table,
     real_rows,
+    table_rows,
 )
 from lingraft.vocabulary.init_config import InitConfig
 from lingraft.vocabulary.loading import load_tokenizer
@@ -85,7 +86,8 @@ def build_token_map(cfg: InitConfig, old_tok: "PreTrainedTokenizerFast",
 
 def build_tables(cfg: InitConfig, old: dict[str, torch.Tensor], old_tok: "PreTrainedTokenizerFast",
                  new_tok: "PreTrainedTokenizerFast") -> NewTables:
-    """New (padded) tables for every embedding tensor in `old`, by `cfg.method`."""
+    """New (padded) tables for every embedding tensor in `old`, by `cfg.method`: new tokens fill
+    the checkpoint's spare rows before the table grows (see `table_rows`)."""
     rows = len(new_tok)
     token_map, stats = (None, {}) if cfg.method == "random" else build_token_map(cfg, old_tok, new_tok)
     if token_map is not None and (token_map.new_vocab, token_map.old_vocab) != (rows, len(old_tok)):
@@ -95,7 +97,8 @@ def build_tables(cfg: InitConfig, old: dict[str, torch.Tensor], old_tok: "PreTra
     for k, (name, table) in enumerate(old.items()):
         source = real_rows(table, len(old_tok))
         new = random_table(source, rows, cfg.seed + k) if token_map is None else mapped_table(token_map, table)
-        tables[name] = pad_rows(new, cfg.pad_to_multiple, mean_row(source))
+        size = table_rows(rows, table.shape[0], cfg.pad_to_multiple, cfg.shrink_table)
+        tables[name] = pad_rows(new, size, mean_row(source))
     provenance = {"random": rows} if token_map is None else token_map.provenance_counts()
     return NewTables(tables=tables, token_map=token_map, provenance=provenance, method_stats=stats)
 
@@ -198,7 +201,8 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
     new_tok = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     stored = [names.input] + ([names.output] if names.output and not names.tied else [])
     old_tables = read_tensors(ckpt, stored)
-    check_old_tokenizer(old_tok, old_tables[names.input].shape[0], ckpt, old_spec)
+    stored_rows = old_tables[names.input].shape[0]
+    check_old_tokenizer(old_tok, stored_rows, ckpt, old_spec)
     carried = adopt_special_tokens(new_tok, old_tok)
     check_chat_template(old_tok, new_tok)
     new = build_tables(cfg, old_tables, old_tok, new_tok)
@@ -214,7 +218,8 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         checksums = write_model_files(ckpt, tmp, new, rows, old_tok, new_tok, int(cfg.max_shard_gb * 1e9))
         metrics: dict[str, Any] = {
-            "old_vocab": len(old_tok), "new_vocab": len(new_tok), "rows": rows, "tied": names.tied,
+            "old_vocab": len(old_tok), "new_vocab": len(new_tok), "rows": rows, "checkpoint_rows": stored_rows,
+            "tied": names.tied,
             "provenance": new.provenance, "special_tokens_carried": carried,
             "surgery_seconds": round(time.perf_counter() - start, 3), "surgery_peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
             "largest_shard_mb": round(ckpt.largest_shard_bytes / 2**20, 1),
