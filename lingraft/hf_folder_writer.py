@@ -14,9 +14,10 @@ import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
-from lingraft.hf_folder import (CHECKSUM_KEY, INDEX_FILE, SINGLE_FILE, Checkpoint)
+from lingraft.atomic import write_json
+from lingraft.hf_folder import CHECKSUM_KEY, INDEX_FILE, SINGLE_FILE, Checkpoint
 from lingraft.errors import LingraftError
 from lingraft.hashing import remember, sha256_file
 from lingraft.log import get_logger, progress
@@ -150,7 +151,6 @@ def write_checkpoint(ckpt: Checkpoint, out_dir: Path, replace: Mapping[str, "tor
     Returns {shard file name: sha256}. Tensors keep their source order and dtype. Memory use
     is the replaced tables plus one small buffer per hashing thread, whatever the shard sizes.
     """
-    import torch
     extra, drop = dict(extra or {}), set(drop)
     unknown = sorted((set(replace) | drop) - set(ckpt.tensors))
     if unknown:
@@ -158,10 +158,41 @@ def write_checkpoint(ckpt: Checkpoint, out_dir: Path, replace: Mapping[str, "tor
     clash = sorted(set(extra) & set(ckpt.tensors))
     if clash:
         raise LingraftError(f"cannot add {clash[0]}: the checkpoint already has it (replace it instead)")
-    # name -> (dtype code, shape, nbytes, the bytes of a replaced table or None for a copied tensor)
-    layout: dict[str, tuple[str, list[int], int, Any]] = {}
     new_tensors = {**replace, **extra}
     order = [*(n for n in ckpt.tensors if n not in drop), *extra]
+    layout = _layout(ckpt, order, new_tensors)
+    plan = _plan_shards(_source_units(ckpt, order, {n: e[2] for n, e in layout.items()}), max_shard_bytes)
+    shards = ((name, members, layout) for name, members in zip(_shard_names(len(plan)), plan))
+    return _write_shards(ckpt, out_dir, shards, sum(entry[2] for entry in layout.values()))
+
+
+def write_checkpoint_per_shard(ckpt: Checkpoint, out_dir: Path,
+                               replacements: Callable[[list[str]], Mapping[str, "torch.Tensor"]]) -> dict[str, str]:
+    """Write `ckpt` with its own sharding, asking `replacements(shard's tensor names)` for each
+    shard's new tensors just before that shard is written: memory holds one shard's
+    replacements, however many tensors change over the whole model (skill packs touch every
+    layer). Returns {shard file name: sha256}, like `write_checkpoint`."""
+    plan = [[t.name for t in sorted((t for t in ckpt.tensors.values() if t.shard == shard), key=lambda t: t.offset)]
+            for shard in ckpt.shards]
+    unknown = set()
+
+    def lazily() -> Iterator[tuple[str, list[str], dict[str, tuple[str, list[int], int, Any]]]]:
+        for name, members in zip(_shard_names(len(plan)), plan):
+            replace = dict(replacements(members))
+            unknown.update(set(replace) - set(members))
+            yield name, members, _layout(ckpt, members, replace)
+
+    checksums = _write_shards(ckpt, out_dir, lazily(), sum(i.nbytes for i in ckpt.tensors.values()))
+    if unknown:
+        raise LingraftError(f"cannot replace {sorted(unknown)[0]}: not in the shard being written")
+    return checksums
+
+
+def _layout(ckpt: Checkpoint, order: Iterable[str], new_tensors: Mapping[str, "torch.Tensor"]
+            ) -> dict[str, tuple[str, list[int], int, Any]]:
+    """name -> (dtype code, shape, nbytes, the bytes of a new tensor or None for a copied one)."""
+    import torch
+    layout: dict[str, tuple[str, list[int], int, Any]] = {}
     for name in order:
         if name in new_tensors:
             table = new_tensors[name].contiguous()
@@ -170,19 +201,29 @@ def write_checkpoint(ckpt: Checkpoint, out_dir: Path, replace: Mapping[str, "tor
         else:
             info = ckpt.tensors[name]
             layout[name] = (info.dtype, list(info.shape), info.nbytes, None)
-    plan = _plan_shards(_source_units(ckpt, order, {n: e[2] for n, e in layout.items()}), max_shard_bytes)
-    names = [SINGLE_FILE] if len(plan) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
-    total = sum(entry[2] for entry in layout.values())
-    start = time.perf_counter()
+    return layout
+
+
+def _shard_names(count: int) -> list[str]:
+    return [SINGLE_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def _write_shards(ckpt: Checkpoint, out_dir: Path,
+                  shards: Iterable[tuple[str, list[str], Mapping[str, tuple[str, list[int], int, Any]]]],
+                  progress_total: int) -> dict[str, str]:
+    """Write each (file name, tensor names, layout) shard, then the index when there are several."""
+    start, total, weight_map = time.perf_counter(), 0, {}
     # Every shard's sha256 is computed on other cores while it is written, from the bytes the
     # writer sends (tables in memory, ranges of the source shards): sha256 runs at about half
     # of copy speed, so hashing inline, or reading each output back, would halve throughput.
     with ThreadPoolExecutor(max_workers=HASH_WORKERS) as hashers:
         pending = {}
-        with progress(total=total, unit="B", unit_scale=True, desc="writing shards") as bar:
-            for shard_name, members in zip(names, plan):
-                source = _verbatim_source(ckpt, members, set(new_tensors))
+        with progress(total=progress_total, unit="B", unit_scale=True, desc="writing shards") as bar:
+            for shard_name, members, layout in shards:
+                weight_map.update({name: shard_name for name in members})
+                total += sum(layout[n][2] for n in members)
+                new_names = {n for n in members if layout[n][3] is not None}
+                source = _verbatim_source(ckpt, members, new_names)
                 if source is not None:     # the same file: its checksum is the source's (often known)
                     pending[shard_name] = hashers.submit(sha256_file, source)
                     _copy_file(source, out_dir / shard_name, bar)
@@ -196,12 +237,11 @@ def write_checkpoint(ckpt: Checkpoint, out_dir: Path, replace: Mapping[str, "tor
     for shard_name, digest in checksums.items():
         remember(out_dir / shard_name, digest)      # a later stage in this process verifies for free
     seconds = time.perf_counter() - start
-    log.info("wrote %d shard(s), %.2f GB in %.1f s (%.0f MB/s)", len(plan), total / 1e9, seconds,
+    log.info("wrote %d shard(s), %.2f GB in %.1f s (%.0f MB/s)", len(checksums), total / 1e9, seconds,
              total / 1e6 / max(seconds, 1e-9))
-    if len(plan) > 1:
-        weight_map = {name: shard_name for shard_name, members in zip(names, plan) for name in members}
-        index = {"metadata": {"total_size": total, CHECKSUM_KEY: checksums}, "weight_map": weight_map}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    if len(checksums) > 1:
+        write_json(out_dir / INDEX_FILE, {"metadata": {"total_size": total, CHECKSUM_KEY: checksums},
+                                          "weight_map": weight_map})
     return checksums
 
 

@@ -24,16 +24,8 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir
-from lingraft.hf_folder import (
-    CHECKSUM_KEY,
-    INDEX_FILE,
-    SINGLE_FILE,
-    Checkpoint,
-    open_checkpoint,
-    read_tensors,
-    resolve_model,
-)
-from lingraft.hf_folder_writer import write_checkpoint
+from lingraft.hf_folder import CHECKSUM_KEY, Checkpoint, open_checkpoint, read_tensors, resolve_model
+from lingraft.hf_folder_writer import write_checkpoint_per_shard
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
@@ -49,7 +41,6 @@ from lingraft.vocabulary.loading import load_tokenizer
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 log = get_logger(__name__)
-_ONE_SHARD = 1 << 62        # write_checkpoint's shard limit when a source shard must stay one file
 
 
 @dataclass
@@ -162,14 +153,10 @@ def _stage_sibling_vocabulary(cfg: SkillpackApplyConfig, step: Step, files_dir: 
 
 def write_shards(ckpt: Checkpoint, steps: list[Step], method: str, out: Path) -> dict[str, str]:
     """The model's shards with every step applied to the tensors the packs touch, one shard in
-    memory at a time; returns {shard file: sha256} (and writes the index when there are several)."""
+    memory at a time; returns {shard file: sha256} (the writer adds the index when there are several)."""
     touched = {n for s in steps for n, r in s.pack.modules.items() if r["policy"] != "unchanged"}
-    names = [SINGLE_FILE] if len(ckpt.shards) == 1 else \
-        [f"model-{k + 1:05d}-of-{len(ckpt.shards):05d}.safetensors" for k in range(len(ckpt.shards))]
-    checksums, weight_map, total = {}, {}, 0
     with progress(total=len(touched), desc="applying packs", unit="module") as bar:
-        for shard, shard_name in zip(ckpt.shards, names):
-            members = {n: i for n, i in ckpt.tensors.items() if i.shard == shard}
+        def applied(members: list[str]) -> dict[str, torch.Tensor]:
             replace = {}
             for name in (n for n in members if n in touched):
                 tensor = read_tensors(ckpt, [name])[name]
@@ -177,19 +164,9 @@ def write_shards(ckpt: Checkpoint, steps: list[Step], method: str, out: Path) ->
                     tensor = step.apply(name, tensor, method)
                 replace[name] = tensor
                 bar.update(1)
-            part = out / f".part-{shard_name}"
-            part.mkdir()
-            sub = Checkpoint(folder=ckpt.folder, config=ckpt.config, shards=(shard,), tensors=members)
-            checksums[shard_name] = write_checkpoint(sub, part, replace, _ONE_SHARD)[SINGLE_FILE]
-            (part / SINGLE_FILE).rename(out / shard_name)
-            part.rmdir()
-            weight_map.update({n: shard_name for n in members})
-            total += sum(t.numel() * t.element_size() for t in replace.values()) + \
-                sum(i.nbytes for n, i in members.items() if n not in replace)
-    if len(names) > 1:
-        index = {"metadata": {"total_size": total, CHECKSUM_KEY: checksums}, "weight_map": weight_map}
-        (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return checksums
+            return replace
+
+        return write_checkpoint_per_shard(ckpt, out, applied)
 
 
 def run_apply(cfg: SkillpackApplyConfig) -> dict[str, Any]:
