@@ -138,6 +138,22 @@ LORA_DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 @dataclass
+class FrozenBodyConfig:
+    """trainable=embeddings/new_rows under fsdp: how each rank holds the frozen transformer.
+
+    It never steps, so it is kept in the compute dtype with no fp32 master copy, and only the
+    tables (and their optimizer state) are sharded over all ranks (train/frozen_body.py).
+    Under ZeRO-3, `replicate` keeps the frozen parameters gathered once fetched (persistent).
+    """
+    # node: sharded within a node, replicated across nodes (HSDP); the load reads a rank's shard only.
+    # replicate: a full copy per rank, no collective ever touches it.
+    placement: Literal["node", "replicate"] = "node"
+    # node: gathered in forward and kept for backward, so one all-gather per block per micro-batch
+    # instead of two; costs the whole body per rank at peak (switch off when that does not fit).
+    keep_gathered: bool = True
+
+
+@dataclass
 class TrainConfig:
     model: Path = field(metadata={"help": "HF checkpoint folder (e.g. the output of `lingraft init`)"})
     data: Path = field(metadata={"help": "packed dataset folder (`lingraft prep pack`)"})
@@ -167,6 +183,7 @@ class TrainConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    frozen_body: FrozenBodyConfig = field(default_factory=FrozenBodyConfig)
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "max_steps", "must be > 0")

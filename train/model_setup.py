@@ -128,8 +128,11 @@ def apply_trainable(model: nn.Module, cfg: TrainConfig) -> VocabSplit | None:
 
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def numel(p: torch.Tensor) -> int:
+        return getattr(p, "ds_numel", p.numel())     # a ZeRO-3 parameter is empty outside forward
+
+    total = sum(numel(p) for p in model.parameters())
+    trained = sum(numel(p) for p in model.parameters() if p.requires_grad)
     frozen_buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith(".frozen"))
     return {"params_total": total, "params_trainable": trained, "frozen_table_rows_elems": frozen_buffers}
 
@@ -148,8 +151,15 @@ def compile_blocks(model: nn.Module) -> None:
 
 def build_model(cfg: TrainConfig, runtime: Runtime) -> tuple[nn.Module, VocabSplit | None]:
     """The model as every backend receives it: loaded, frozen/split, checkpointed, compiled."""
-    model = load_model(cfg.model, runtime, weights_dtype(cfg, runtime))
+    from lingraft.train.frozen_body import hold_frozen_in, holds_frozen_body
+    from lingraft.train.sharded_load import load_skeleton, streams_weights
+    if streams_weights(cfg):      # FSDP2 / ZeRO-3: no rank ever holds the whole checkpoint
+        model = load_skeleton(cfg, runtime, weights_dtype(cfg, runtime))
+    else:
+        model = load_model(cfg.model, runtime, weights_dtype(cfg, runtime))
     split = apply_trainable(model, cfg)
+    if cfg.backend == "fsdp" and holds_frozen_body(cfg):
+        hold_frozen_in(model, runtime.dtype)    # the FSDP2 master copy is for what trains
     if not any(p.requires_grad for p in model.parameters()):
         raise LingraftError(f"trainable={cfg.trainable}: nothing to train")
     if cfg.activation_checkpointing:

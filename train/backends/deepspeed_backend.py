@@ -17,6 +17,7 @@ from lingraft.train.backends.base import StepResult, global_step_loss
 from lingraft.train.config import TrainConfig
 from lingraft.train.dist import DistInfo, skip_deepspeed_shm_build
 from lingraft.train.ds_config import fill_ds_config
+from lingraft.train.frozen_body import persist_frozen
 from lingraft.train.loss import StepTokens, micro_batch_loss
 from lingraft.train.model_setup import Runtime, weights_dtype
 from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
@@ -34,6 +35,8 @@ class DeepSpeedBackend:
             model=model, optimizer=build_optimizer(model, cfg.optim), config=ds_config,
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.max_steps), dist_init_required=False)
         self.model = self.engine.module
+        if ds_config["zero_optimization"]["stage"] == 3:
+            persist_frozen(self.model, self.optimizer, cfg)   # frozen_body.placement=replicate
         self.anchor = build_anchor(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
                                    runtime.attention, wrap=lambda ref: wrap_reference(ref, ds_config))
 

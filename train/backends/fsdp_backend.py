@@ -24,8 +24,11 @@ import torch
 from torch import nn
 
 from lingraft.errors import LingraftError
+from lingraft.hf_folder import open_checkpoint
 from lingraft.train.backends.local_backend import LocalBackend
+from lingraft.train.frozen_body import holds_frozen_body, shard_tables_only
 from lingraft.train.model_parts import decoder_blocks
+from lingraft.train.sharded_load import fill_meta_parameters
 
 SCHEDULER_FILE = "scheduler.pt"
 MODEL_KEY, OPTIM_KEY = "model", "optim"
@@ -44,11 +47,16 @@ class FSDPBackend(LocalBackend):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         mesh = init_device_mesh(self.runtime.device.type, (self.dist.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=self.runtime.dtype, reduce_dtype=torch.float32)
-        # Blocks first, then the root: the root group takes what no block claimed
-        # (embedding, final norm, LM head) and keeps it gathered between forward and backward.
-        for block in decoder_blocks(model):
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
+        if holds_frozen_body(self.cfg) and any(p.requires_grad for p in model.parameters()):
+            shard_tables_only(model, self.cfg, self.runtime, self.dist.world_size, policy)
+        else:
+            # Blocks first, then the root: the root group takes what no block claimed
+            # (embedding, final norm, LM head) and keeps it gathered between forward and backward.
+            for block in decoder_blocks(model):
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+            fully_shard(model, mesh=mesh, mp_policy=policy)
+        if any(p.is_meta for p in model.parameters()):   # a skeleton (train/sharded_load.py): read our shards
+            fill_meta_parameters(model, open_checkpoint(self.cfg.model, verify_checksums=False), self.runtime.device)
         return model
 
     @property
