@@ -52,6 +52,7 @@ def world_size(cfg: TrainConfig) -> int:
 def preflight(cfg: TrainConfig) -> None:
     from transformers import AutoConfig
 
+    from lingraft.train.capacity import check_strategy_fits
     from lingraft.train.data import check_data_matches_model
     from lingraft.train.ds_config import fill_ds_config
     if not (Path(cfg.model) / "config.json").is_file():
@@ -61,6 +62,7 @@ def preflight(cfg: TrainConfig) -> None:
     world = world_size(cfg)
     if cfg.backend == "deepspeed":
         fill_ds_config(cfg, world, bf16=False, hidden_size=model_config.hidden_size)
+    check_strategy_fits(cfg, world)
 
 
 def launcher_for(cfg: TrainConfig) -> str:

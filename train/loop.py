@@ -13,6 +13,7 @@ from lingraft.log import get_logger, progress
 from lingraft.memory import peak_rss_bytes
 from lingraft.train.backends import NonFiniteLoss, build_backend
 from lingraft.train.trainer_checkpoint import (
+    check_resumable,
     latest_checkpoint,
     load_trainer_state,
     prepare_root,
@@ -92,9 +93,12 @@ def _peak_memory_gib(runtime: Runtime) -> float:
     return peak_rss_bytes() / 2**30
 
 
-def run_meta(cfg: TrainConfig, split) -> dict:
+def run_meta(cfg: TrainConfig, split, runtime: Runtime, model_config) -> dict:
     return {"base_model": str(Path(cfg.model).resolve()), "trainable": cfg.trainable, "backend": cfg.backend,
-            "zero_stage": cfg.zero_stage, "vocab_size": int(split.vocab_size) if split is not None else None,
+            "zero_stage": cfg.zero_stage,
+            "precision": str(runtime.dtype).removeprefix("torch."),
+            "tied": bool(getattr(model_config, "tie_word_embeddings", False)),
+            "vocab_size": int(split.vocab_size) if split is not None else None,
             "new_token_ids": split.new_ids.tolist() if split is not None else None,
             "lora": to_dict(cfg.lora) if cfg.trainable == "lora" else None}
 
@@ -120,10 +124,12 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
     backend = build_backend(cfg, model, runtime, dist)
     stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device)
 
+    meta = run_meta(cfg, split, runtime, model_config)
     step, last_good = 0, None
     ckpt = latest_checkpoint(out_dir) if cfg.checkpoint.resume else None
     if ckpt is not None:
         state = load_trainer_state(ckpt, dist)
+        check_resumable(ckpt, state["meta"], meta)
         backend.load(ckpt / "engine")
         stream.load_state_dict(state["data"])
         step, last_good = state["step"], ckpt
@@ -133,7 +139,6 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
     plan, reference = _grad_plan(backend.model, shape, split), _reference_shape(cfg)
     peak = peak_flops_per_device(cfg.log.peak_tflops)
     metrics = MetricsLogger(out_dir, cfg.log, dist.is_main, step, to_dict(cfg))
-    meta = run_meta(cfg, split)
 
     def checkpoint(at: int) -> Path:
         return save_checkpoint(out_dir, at, dist, backend.save,

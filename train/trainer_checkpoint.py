@@ -183,6 +183,28 @@ def load_trainer_state(ckpt: Path, dist: DistInfo) -> dict[str, Any]:
     return state
 
 
+# Run meta (train/loop.py `run_meta`) that a resumed run must share with the checkpoint, and the
+# setting to change back. Keys a checkpoint predates are not compared.
+RESUME_MUST_MATCH = {"backend": "backend", "zero_stage": "zero_stage", "trainable": "trainable",
+                     "precision": "precision", "tied": "model (its tie_word_embeddings)",
+                     "vocab_size": "model (its vocabulary)", "new_token_ids": "new_token_ids / token_map",
+                     "lora": "lora"}
+
+
+def check_resumable(ckpt: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """A checkpoint written under other settings is an error here, at start, not a crash (or a
+    silently different run) at the first step: the engine state only fits the run that wrote it."""
+    for key, setting in RESUME_MUST_MATCH.items():
+        if key == "zero_stage" and current.get("backend") != "deepspeed":
+            continue                         # recorded always, used by DeepSpeed only
+        if key in saved and saved[key] != current.get(key):
+            was, now = saved[key], current.get(key)
+            if isinstance(was, list) and isinstance(now, list):
+                was, now = f"{len(was)} ids", f"{len(now)} ids"
+            raise LingraftError(f"{ckpt}: written with {key}={was!r}, this run has {key}={now!r}; set {setting} "
+                                "back to resume, or start a new run (another out_dir, or checkpoint.resume=false)")
+
+
 def prepare_root(out_dir: Path, dist: DistInfo) -> None:
     if dist.is_main:
         root = checkpoint_root(out_dir)
