@@ -145,3 +145,12 @@ def test_different_bodies_are_refused(hydra, run_cli, tmp_path):
     code, _, err = run_cli("hydra", "export", "--original", hydra / "O", "--adapted", changed, "--language", "ru",
                            "--out", tmp_path / "H")
     assert code == 1 and "model.norm.weight differs" in err and not (tmp_path / "H").exists()
+
+
+def test_two_models_reading_the_same_shard_file_share_a_body(hydra, run_cli, tmp_path):
+    # Both sides read O's shard: each side needs its own read position in that file.
+    code, _, err = run_cli("hydra", "export", "--original", hydra / "O", "--adapted", hydra / "O", "--language", "en",
+                           "--out", tmp_path / "H")
+    assert code == 0, err
+    spec = json.loads((tmp_path / "H" / "hydra.json").read_text())
+    assert [v["name"] for v in spec["vocabularies"]] == ["orig", "en"]

@@ -6,6 +6,7 @@ Both stream: the body's tensors are copied shard by shard, only the tables are i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,25 +37,24 @@ def check_same_body(a: Checkpoint, b: Checkpoint, tables: set[str]) -> None:
     if set(body_a) != set(body_b):
         name = sorted(set(body_a) ^ set(body_b))[0]
         raise LingraftError(f"{a.folder} and {b.folder} do not share a body ({name} is in only one)")
-    handles: dict[Path, Any] = {}
+    fds: dict[Path, int] = {}   # one descriptor per file, read positionally: both sides may read the same file
     try:
         for name, ta in body_a.items():
             tb = body_b[name]
             if (ta.dtype, ta.shape) != (tb.dtype, tb.shape):
                 raise LingraftError(f"{a.folder} and {b.folder} do not share a body ({name}: {ta.dtype}{list(ta.shape)} "
                                     f"vs {tb.dtype}{list(tb.shape)})")
-            fa = handles.setdefault(ta.shard, open(ta.shard, "rb"))
-            fb = handles.setdefault(tb.shard, open(tb.shard, "rb"))
+            for info in (ta, tb):
+                if info.shard not in fds:
+                    fds[info.shard] = os.open(info.shard, os.O_RDONLY)
             for pos in range(0, ta.nbytes, _COMPARE_CHUNK):
                 n = min(_COMPARE_CHUNK, ta.nbytes - pos)
-                fa.seek(ta.offset + pos)
-                fb.seek(tb.offset + pos)
-                if fa.read(n) != fb.read(n):
+                if os.pread(fds[ta.shard], n, ta.offset + pos) != os.pread(fds[tb.shard], n, tb.offset + pos):
                     raise LingraftError(f"{a.folder} and {b.folder} do not share a body ({name} differs; "
                                         f"a Hydra model needs identical non-embedding weights)")
     finally:
-        for fh in handles.values():
-            fh.close()
+        for fd in fds.values():
+            os.close(fd)
 
 
 def _tables(ckpt: Checkpoint) -> tuple[torch.Tensor, torch.Tensor, bool, set[str]]:
