@@ -43,7 +43,7 @@ def test_dockerfile_passes_hadolint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("script", ["scripts/bootstrap.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/bootstrap.sh", ".ci/run", "bench/gpu_check.sh"])
 def test_shell_scripts_pass_shellcheck(script):
     path = REPO / script
     subprocess.run(["bash", "-n", str(path)], check=True)
