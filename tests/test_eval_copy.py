@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lingraft.evaluation.copy_task import char_match, copy_metrics, length_ratio, paragraphs_of
-from tests.eval_helpers import chat_tokenizer, tiny_chat_model
+from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
 def words(text: str) -> int:

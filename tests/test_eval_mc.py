@@ -9,7 +9,7 @@ import torch
 from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.mc import McItem, accuracy, load_items, prompts_with_shots, score_items, validate
 from lingraft.errors import DataError, LingraftError
-from tests.eval_helpers import chat_tokenizer, tiny_chat_model
+from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
 @pytest.fixture(scope="module")

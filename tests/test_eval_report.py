@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.eval_helpers import chat_tokenizer, tiny_chat_model
+from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_checkpoint import all_tensors
+from tests.helpers import all_tensors
 
 CHAT = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|endoftext|>{% endfor %}<|im_start|>"
 

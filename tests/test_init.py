@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lingraft.hf_folder import INDEX_FILE
-from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
-from tests.test_checkpoint import all_tensors, save_tiny_llama
+from tests.helpers import all_tensors, gpt2_with_chat_token, save_tiny_llama, train_small_ru_tokenizer
 from lingraft.vocabulary.token_map import TokenMap
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -271,7 +270,8 @@ def test_bits_per_character_matches_direct_computation(tied_model, old_tokenizer
 
     from lingraft.evaluation.bpc import bits_per_character
     model = AutoModelForCausalLM.from_pretrained(str(tied_model), dtype=torch.float32)
-    texts = ["Мороз и солнце; день чудесный!", "", "A short one.", "Ещё ты дремлешь, друг прелестный — пора, красавица, проснись!"]
+    texts = ["Мороз и солнце; день чудесный!", "", "A short one.",
+             "Ещё ты дремлешь, друг прелестный — пора, красавица, проснись!"]
     ids = [old_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts if t]
     start = old_tokenizer.bos_token_id
     result = bits_per_character(model, old_tokenizer, texts, max_length=window, batch_tokens=40)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
-from tests.test_checkpoint import all_tensors
+from tests.helpers import all_tensors, gpt2_with_chat_token, train_small_ru_tokenizer
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"

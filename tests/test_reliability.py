@@ -23,7 +23,8 @@ from lingraft.config import ConfigError, build_config
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.paths import is_inside, require_inside, safe_join, safe_name
-from tests.conftest import REPO, gpt2_with_chat_token, train_small_ru_tokenizer
+from tests.conftest import REPO
+from tests.helpers import gpt2_with_chat_token, train_small_ru_tokenizer
 
 PACKAGES = ("lingraft", "data_prep", "vocabulary", "train", "propagate", "evaluation")
 ENV = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}

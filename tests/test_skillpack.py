@@ -21,7 +21,7 @@ from lingraft.propagate.skillpack.skillpack_math import (
     truncated_svd,
     unpack_int4,
 )
-from tests.test_checkpoint import all_tensors
+from tests.helpers import all_tensors
 from tests.train_tiny import make_tiny_llama
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -278,7 +278,7 @@ def test_corrupted_pack_is_detected(exact_pack, family, run_cli, tmp_path):
 def test_language_pack_on_a_sibling_equals_propagate_conversion(shared, tmp_path, run_cli):
     from transformers import AutoTokenizer
 
-    from tests.conftest import gpt2_with_chat_token, train_small_ru_tokenizer
+    from tests.helpers import gpt2_with_chat_token, train_small_ru_tokenizer
     from tests.test_propagate import make_adapted, make_instruct, tiny_llama, true_map
     base_tok = gpt2_with_chat_token(shared)
     new_tok = train_small_ru_tokenizer(shared, tmp_path / "ru", 1000, 200_000)

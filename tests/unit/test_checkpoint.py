@@ -11,27 +11,7 @@ from lingraft.hf_folder import (INDEX_FILE, SINGLE_FILE, embedding_names, open_c
                                  resolve_model)
 from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.errors import LingraftError
-
-
-def save_tiny_llama(folder: Path, vocab: int, tied: bool, shard: str | None = "40KB", seed: int = 0) -> Path:
-    """A random 2-layer Llama in bf16, sharded when `shard` is given (the output of any HF save)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0, pad_token_id=None)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(str(folder), max_shard_size=shard or "10GB")
-    return folder
-
-
-def all_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-    out = {}
-    for shard in sorted(folder.glob("model*.safetensors")):
-        with safe_open(str(shard), framework="pt") as fh:
-            out.update({k: fh.get_tensor(k) for k in fh.keys()})
-    return out
+from tests.helpers import all_tensors, save_tiny_llama
 
 
 @pytest.fixture(scope="module")
