@@ -160,7 +160,8 @@ class TrainConfig:
     out_dir: Path = field(metadata={"help": "run folder: checkpoints, logs, plots"})
     max_steps: int = field(metadata={"help": "optimizer steps"})
     backend: Backend = field(default="deepspeed", metadata={"help": "training engine"})
-    zero_stage: int = field(default=2, metadata={"help": "DeepSpeed ZeRO stage (1, 2, 3); backend=deepspeed only"})
+    zero_stage: int = field(default=2, metadata={
+        "help": "DeepSpeed ZeRO stage (1, 2, 3); backend=deepspeed only"})
     ds_config: Path | None = field(default=None, metadata={"help": "DeepSpeed template (default ds_configs/zero<stage>.json)"})
     trainable: Trainable = field(default="embeddings", metadata={"help": "what carries gradients"})
     trainable_modules: list[str] = field(default_factory=list, metadata={
