@@ -162,7 +162,8 @@ class TrainConfig:
     backend: Backend = field(default="deepspeed", metadata={"help": "training engine"})
     zero_stage: int = field(default=2, metadata={
         "help": "DeepSpeed ZeRO stage (1, 2, 3); backend=deepspeed only"})
-    ds_config: Path | None = field(default=None, metadata={"help": "DeepSpeed template (default ds_configs/zero<stage>.json)"})
+    ds_config: Path | None = field(default=None, metadata={
+        "help": "DeepSpeed template (default: the shipped zero<stage>.json, package lingraft.ds_configs)"})
     trainable: Trainable = field(default="embeddings", metadata={"help": "what carries gradients"})
     trainable_modules: list[str] = field(default_factory=list, metadata={
         "help": "module names for trainable=layers, e.g. model.layers.0 (tables are always included)"})
