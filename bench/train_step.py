@@ -10,7 +10,8 @@ In one torchrun launch (2 ranks, gloo, one thread each) and on random Llama mode
   (b) optimizer-state bytes of every rank (from the run's manifest) against a single-process
       AdamW over the same trainable tensors, and every rank's peak RSS;
   (c) tokens/s of our loop against the usual route: HF `Trainer` with the same filled DeepSpeed
-      config, the same frozen parameters (only the tables train), batch, schedule and data.
+      config, the same frozen parameters (only the tables train), batch, data, optimizer
+      implementation (unfused torch AdamW) and schedule (cosine down to lr * min_lr_ratio).
       HF's route has no document mask, so ours is measured with the mask (our default) and
       without it (the same attention work).
 The first --warmup steps of every run are not timed; a step's time is the median of the rest,
@@ -176,7 +177,11 @@ def _hf_trainer_step(args, cfg) -> tuple[float, float]:
         output_dir=str(Path(cfg.out_dir) / "hf"), per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=cfg.grad_accum_steps, max_steps=cfg.max_steps, learning_rate=cfg.optim.lr,
         weight_decay=cfg.optim.weight_decay, adam_beta1=cfg.optim.betas[0], adam_beta2=cfg.optim.betas[1],
-        warmup_steps=cfg.optim.warmup_steps, lr_scheduler_type="cosine", max_grad_norm=cfg.optim.grad_clip,
+        adam_epsilon=cfg.optim.eps, warmup_steps=cfg.optim.warmup_steps, max_grad_norm=cfg.optim.grad_clip,
+        # Like for like: our unfused torch AdamW (HF defaults to the fused one) and our cosine's
+        # floor at lr * min_lr_ratio (HF's plain cosine decays to 0).
+        optim="adamw_torch", lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": cfg.optim.min_lr_ratio},
         save_strategy="no", logging_steps=10**6, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
         accelerator_config={"use_configured_state": True},
         deepspeed=fill_ds_config(cfg, torch.distributed.get_world_size(), bf16=False,
