@@ -1,0 +1,66 @@
+"""Token alignment and the distillation math on small hand-made tensors (no model files)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lingraft.vocabulary.distill_math import (
+    RowSplit,
+    fit_loss,
+    fit_output_rows,
+    lookup,
+    prepare_fit,
+)
+from lingraft.vocabulary.token_alignment import aligned_positions
+
+
+def test_aligned_positions_are_where_both_tokenisations_end_a_token():
+    # text "abcdef": old pieces a|bc|d|ef, new pieces abc|def; id k stands for lengths[k] bytes
+    lengths_old = np.array([0, 1, 2, 1, 2])        # 0 = start token
+    lengths_new = np.array([0, 3, 3])
+    old = np.array([0, 1, 2, 3, 4])
+    new = np.array([0, 1, 2])
+    old_pos, new_pos = aligned_positions(old, new, lengths_old, lengths_new)
+    assert old_pos.tolist() == [0, 2, 4] and new_pos.tolist() == [0, 1, 2]
+
+
+def test_zero_length_markup_aligns_on_the_last_token_before_the_text():
+    lengths = np.array([0, 0, 2, 1])               # start, a special marker, "ab", "c"
+    old_pos, new_pos = aligned_positions(np.array([0, 1, 2, 3]), np.array([0, 2, 3]), lengths, lengths)
+    assert old_pos.tolist() == [1, 2, 3] and new_pos.tolist() == [0, 1, 2]
+
+
+def test_lookup_takes_learnt_rows_only_for_trainable_ids():
+    table = torch.arange(12.0).reshape(4, 3)
+    split = RowSplit.from_mask(torch.tensor([False, True, False, True]))
+    rows = torch.full((2, 3), -1.0)
+    out = lookup(table, rows, split, torch.tensor([[0, 1, 3, 2]]))
+    assert torch.equal(out[0, 0], table[0]) and torch.equal(out[0, 2], rows[1])
+    assert torch.equal(out[0, 1], rows[0]) and torch.equal(out[0, 3], table[2])
+
+
+def test_fit_loss_equals_full_softmax_cross_entropy():
+    torch.manual_seed(0)
+    hidden, head = torch.randn(20, 4), torch.randn(6, 4)
+    targets = torch.randint(0, 6, (20,))
+    split = RowSplit.from_mask(torch.tensor([False, False, False, True, True, True]))
+    data = prepare_fit(hidden, targets, head, split)
+    got = fit_loss(data, head[split.ids], torch.arange(20))
+    want = torch.nn.functional.cross_entropy(hidden @ head.T, targets)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_head_fit_lowers_cross_entropy_and_leaves_frozen_rows_alone():
+    torch.manual_seed(0)
+    true_head = torch.randn(8, 5)
+    hidden = torch.randn(400, 5) * 2
+    targets = torch.distributions.Categorical(logits=hidden @ true_head.T).sample()
+    head = true_head.clone()
+    split = RowSplit.from_mask(torch.arange(8) >= 5)
+    head[split.ids] = 0.0                                   # the new rows start uninformed
+    data = prepare_fit(hidden, targets, head, split)
+    before = float(fit_loss(data, head[split.ids], torch.arange(400)))
+    rows = fit_output_rows(data, head[split.ids], epochs=30, lr=0.05, batch_size=100, seed=0)
+    after = float(fit_loss(data, rows, torch.arange(400)))
+    oracle = float(fit_loss(data, true_head[split.ids], torch.arange(400)))
+    assert after < before and after <= oracle + 0.05

@@ -1,0 +1,138 @@
+"""The math of distilled initialisation: new rows learnt from what the original model does.
+
+Input and output rows are different problems, solved separately:
+
+* **Input rows** (token distillation, after AweDist): the original model B reads a passage in
+  its own tokenisation; the same frozen body reads it in the new one, through the new input
+  rows. Wherever both have just finished reading the same text (aligned positions), the new
+  model's next-token distribution over B's vocabulary, through B's own head, should equal B's.
+  Only the new input rows receive gradients: ``KL(p_B || p_new)``, averaged over aligned
+  positions.
+* **Output rows**: with the body's final hidden states h fixed, the next-token cross-entropy
+  of the new vocabulary is convex in the new head rows. The frozen rows' part of every softmax
+  is a constant per position (its log-sum-exp), computed once, so each step costs only
+  ``h @ W_newᵀ``. Tokens that never occur as a target are only pushed down wherever they take
+  probability mass, so they cannot steal mass from the tokens that do occur.
+
+Everything here is pure tensor code on callables; files and tokenizers live in distill_init.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# The frozen body: input embeddings (B, L, d) -> final (normalised) hidden states (B, L, d).
+Body = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Passage:
+    old_ids: torch.Tensor   # (L_old,) the original tokenisation, start token first
+    new_ids: torch.Tensor   # (L_new,) the new tokenisation, start token first
+    old_pos: torch.Tensor   # aligned indices into old_ids ...
+    new_pos: torch.Tensor   # ... and the matching indices into new_ids
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """Which rows of a new table are learnt (`trainable`) and where each id sits among them."""
+    trainable: torch.Tensor   # (vocab,) bool
+    local: torch.Tensor       # (vocab,) index among the trainable rows, -1 for frozen ones
+
+    @classmethod
+    def from_mask(cls, trainable: torch.Tensor) -> "RowSplit":
+        local = torch.full(trainable.shape, -1, dtype=torch.int64)
+        local[trainable] = torch.arange(int(trainable.sum()))
+        return cls(trainable=trainable, local=local)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        return torch.nonzero(self.trainable).flatten()
+
+
+def pad_batch(sequences: Sequence[torch.Tensor], pad: int = 0) -> torch.Tensor:
+    """Right-padded (B, L) ids: a causal model's states before the padding do not see it."""
+    out = torch.full((len(sequences), max(s.numel() for s in sequences)), pad, dtype=torch.int64)
+    for row, seq in enumerate(sequences):
+        out[row, :seq.numel()] = seq
+    return out
+
+
+def gather_positions(states: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Rows of `states` (B, L, d) at each sequence's positions, concatenated: (sum n_b, d)."""
+    return torch.cat([states[b, pos] for b, pos in enumerate(positions)])
+
+
+def lookup(table: torch.Tensor, rows: torch.Tensor, split: RowSplit, ids: torch.Tensor) -> torch.Tensor:
+    """Embeddings of `ids`: learnt `rows` for trainable ids, `table` (constant) for the others."""
+    local = split.local[ids]
+    fixed = F.embedding(ids, table)
+    learnt = F.embedding(local.clamp(min=0), rows)
+    return torch.where((local >= 0).unsqueeze(-1), learnt, fixed)
+
+
+def distillation_loss(body: Body, teacher_table: torch.Tensor, head: torch.Tensor, table: torch.Tensor,
+                      rows: torch.Tensor, split: RowSplit, batch: Sequence[Passage]) -> tuple[torch.Tensor, int]:
+    """``KL(p_B || p_new)`` over B's vocabulary at the aligned positions of `batch`, and their count."""
+    with torch.no_grad():
+        teacher = body(F.embedding(pad_batch([p.old_ids for p in batch]), teacher_table))
+        target = F.log_softmax(gather_positions(teacher, [p.old_pos for p in batch]) @ head.T, dim=-1)
+    student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch])))
+    logits = gather_positions(student, [p.new_pos for p in batch]) @ head.T
+    loss = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
+    return loss, target.shape[0]
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Fixed hidden states and their next-token targets, with the frozen rows' part precomputed."""
+    hidden: torch.Tensor          # (N, d)
+    target_local: torch.Tensor    # (N,) index among the trainable rows, -1 when the target is frozen
+    frozen_lse: torch.Tensor      # (N,) log-sum-exp of the frozen rows' logits
+    frozen_target: torch.Tensor   # (N,) the frozen target's logit (unused where the target is trainable)
+
+
+def prepare_fit(hidden: torch.Tensor, targets: torch.Tensor, head: torch.Tensor, split: RowSplit,
+                chunk: int = 4096) -> FitData:
+    frozen_ids = torch.nonzero(~split.trainable).flatten()
+    frozen = head[frozen_ids]
+    lse, target_logit = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start:start + chunk], targets[start:start + chunk]
+        lse.append(torch.logsumexp(h @ frozen.T, dim=-1))
+        target_logit.append((h * head[t]).sum(-1))
+    return FitData(hidden=hidden, target_local=split.local[targets], frozen_lse=torch.cat(lse),
+                   frozen_target=torch.cat(target_logit))
+
+
+def fit_loss(data: FitData, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions `index`, the frozen rows held constant."""
+    h, local = data.hidden[index], data.target_local[index]
+    logits = h @ rows.T
+    lse = torch.logaddexp(data.frozen_lse[index], torch.logsumexp(logits, dim=-1))
+    learnt = logits.gather(1, local.clamp(min=0).unsqueeze(1)).squeeze(1)
+    target = torch.where(local >= 0, learnt, data.frozen_target[index])
+    return (lse - target).mean()
+
+
+def fit_output_rows(data: FitData, init: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
+                    on_epoch: Callable[[int, float], None] | None = None) -> torch.Tensor:
+    """New head rows (starting from `init`) minimising the cross-entropy of `data`, by Adam."""
+    rows = torch.nn.Parameter(init.detach().to(torch.float32).clone())
+    optim = torch.optim.Adam([rows], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    n = data.hidden.shape[0]
+    for epoch in range(epochs):
+        total, batches = 0.0, 0
+        for index in torch.randperm(n, generator=generator).split(batch_size):
+            loss = fit_loss(data, rows, index)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total, batches = total + float(loss), batches + 1
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(batches, 1))
+    return rows.detach()
