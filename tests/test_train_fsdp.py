@@ -1,5 +1,5 @@
 """FSDP2 on CPU under torchrun with 2 ranks (gloo): new_rows, DCP resume, activation checkpointing, export,
-bf16 (new_rows, LoRA) and a loss weighted by tokens (2 samples x 1 step = 1 sample x 2 accumulation steps).
+bf16 (new_rows, LoRA, full) and a loss weighted by tokens (2 samples x 1 step = 1 sample x 2 accumulation steps).
 
 One torchrun launch runs three trainings in the same process group (tests/train_runs.py):
 an uninterrupted reference, and the same run stopped at step 2 and resumed from its DCP
@@ -37,6 +37,8 @@ def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
                                          **common),
         "bf16_lora": dist_run_config(model, data, tmp_path / "bf16_lora", precision="bf16", max_steps=2,
                                      backend="fsdp", trainable="lora"),
+        "bf16_full": dist_run_config(model, data, tmp_path / "bf16_full", precision="bf16", max_steps=2,
+                                     backend="fsdp", trainable="full"),
         **accumulation_pair(model, write_packed_folder(tmp_path / "masked", masked=True), tmp_path, backend="fsdp"),
     }
     run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py",
@@ -50,7 +52,7 @@ def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
     assert state["meta"]["backend"] == "fsdp" and state["world_size"] == 2
     assert (resumed / "checkpoints" / "step_00000004" / "engine" / ".metadata").is_file()   # a DCP folder
 
-    for name in ("bf16_new_rows", "bf16_lora"):
+    for name in ("bf16_new_rows", "bf16_lora", "bf16_full"):
         assert [step for step, _ in losses(tmp_path / name)] == [1, 2], name
     assert_same_steps(tmp_path)
 
