@@ -154,3 +154,82 @@ def test_two_models_reading_the_same_shard_file_share_a_body(hydra, run_cli, tmp
     assert code == 0, err
     spec = json.loads((tmp_path / "H" / "hydra.json").read_text())
     assert [v["name"] for v in spec["vocabularies"]] == ["orig", "en"]
+
+
+# Every architecture Hydra accepts, with its logit step set away from the identity.
+ARCHITECTURES = {"llama": {}, "mistral": {}, "qwen2": {}, "qwen3": {}, "gemma": {}, "phi3": {},
+                 "cohere": {"logit_scale": 0.37}, "cohere2": {"logit_scale": 0.37},
+                 "gemma2": {"final_logit_softcapping": 1.5}, "gemma3_text": {"final_logit_softcapping": 1.5},
+                 "granite": {"logits_scaling": 3.0}, "granitemoe": {"logits_scaling": 3.0}}
+
+
+def _tiny_tokenizer(folder: Path, words: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<eos>", *(f"w{i}" for i in range(words - 1))])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(str(folder))
+
+
+def _arch_pair(root: Path, model_type: str) -> None:
+    """O and N: one tiny random body of `model_type`, two sets of large random tables (so that
+    scaling and capping change the logits a lot)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model(model_type, vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                                  pad_token_id=0, **ARCHITECTURES[model_type])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    for name in ("O", "N"):
+        with torch.no_grad():
+            for table in {id(t): t for t in (model.get_input_embeddings().weight,
+                                             model.get_output_embeddings().weight)}.values():
+                table.normal_(std=3.0)
+        model.save_pretrained(str(root / name))
+        _tiny_tokenizer(root / name, 96)
+
+
+def test_every_accepted_architecture_is_checked():
+    from lingraft.propagate.hydra.logits import SUPPORTED
+    assert set(ARCHITECTURES) == SUPPORTED
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_hydra_logits_equal_the_plain_models_for_every_accepted_architecture(model_type, tmp_path, run_cli):
+    from transformers import AutoModelForCausalLM
+
+    from lingraft.propagate.hydra.model import HydraForCausalLM, namespaced
+    _arch_pair(tmp_path, model_type)
+    code, _, err = run_cli("hydra", "export", "--original", tmp_path / "O", "--adapted", tmp_path / "N",
+                           "--language", "new", "--out", tmp_path / "H")
+    assert code == 0, err
+    hydra = HydraForCausalLM.from_pretrained(tmp_path / "H", dtype=torch.float32)
+    ids = [5, 17, 3, 88, 41, 9, 60, 2]
+    for head, folder in (("orig", "O"), ("new", "N")):
+        plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / folder), dtype=torch.float32).eval()
+        expected = plain(torch.tensor([ids])).logits
+        got, _ = hydra(torch.tensor([namespaced(ids, hydra.spec.vocabulary(head))]), head=head)
+        assert expected.abs().max() > 1.0 and torch.allclose(got, expected, atol=1e-5), (model_type, head)
+
+
+def test_an_architecture_that_may_process_logits_otherwise_is_refused(tmp_path, run_cli):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model("hyperclovax", vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    model = AutoModelForCausalLM.from_config(config)
+    for name in ("O", "N"):
+        model.save_pretrained(str(tmp_path / name))
+        _tiny_tokenizer(tmp_path / name, 96)
+    code, _, err = run_cli("hydra", "export", "--original", tmp_path / "O", "--adapted", tmp_path / "N",
+                           "--language", "new", "--out", tmp_path / "H")
+    assert code == 1 and "do not support model_type='hyperclovax'" in err and not (tmp_path / "H").exists()
+
+
+def test_models_whose_logit_steps_differ_are_refused(tmp_path, run_cli):
+    _arch_pair(tmp_path, "cohere")
+    config = json.loads((tmp_path / "N" / "config.json").read_text())
+    (tmp_path / "N" / "config.json").write_text(json.dumps({**config, "logit_scale": 0.5}))
+    code, _, err = run_cli("hydra", "export", "--original", tmp_path / "O", "--adapted", tmp_path / "N",
+                           "--language", "new", "--out", tmp_path / "H")
+    assert code == 1 and "process logits differently" in err and not (tmp_path / "H").exists()

@@ -22,6 +22,7 @@ from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
 from lingraft.propagate.lep.compat import check_compatible, load_config
 from lingraft.propagate.hydra.config import HydraExportConfig, HydraPlainConfig
+from lingraft.propagate.hydra.logits import logit_settings
 from lingraft.propagate.hydra.model import HydraSpec, Vocabulary
 from lingraft.vocabulary.loading import load_tokenizer
 
@@ -79,6 +80,10 @@ def run_hydra_export(cfg: HydraExportConfig) -> dict[str, Any]:
     folders = {"original": resolve_model(cfg.original), "adapted": resolve_model(cfg.adapted)}
     configs = {k: load_config(str(f)) for k, f in folders.items()}
     check_compatible(configs["original"], configs["adapted"], configs["adapted"], (cfg.original, cfg.adapted, cfg.adapted))
+    settings = {k: logit_settings(c, str(folders[k] / "config.json")) for k, c in configs.items()}
+    if settings["original"] != settings["adapted"]:   # both heads run behind the one body's logit step
+        raise LingraftError(f"{cfg.original} and {cfg.adapted} process logits differently "
+                            f"({settings['original']} vs {settings['adapted']}); one Hydra body cannot serve both")
     ckpts = {k: open_checkpoint(f) for k, f in folders.items()}
     toks = {k: load_tokenizer(f) for k, f in folders.items()}
     tables = {k: _tables(c) for k, c in ckpts.items()}
@@ -103,8 +108,9 @@ def run_hydra_export(cfg: HydraExportConfig) -> dict[str, Any]:
         checksums = write_checkpoint(ckpts["adapted"], tmp, {names.input: stacked}, int(cfg.max_shard_gb * 1e9),
                                      extra=heads, drop=drop)
         # The body's config, over the stacked table. Token ids differ per vocabulary: they live
-        # in hydra.json, and the config carries none that could point into the wrong range.
-        config = {k: v for k, v in ckpts["adapted"].config.items() if not k.endswith("_token_id")}
+        # in hydra.json, and the config's are null, so none can point into the wrong range; null,
+        # not absent, or the class default comes back (Phi-3: pad 32000, maybe past the table).
+        config = {k: None if k.endswith("_token_id") else v for k, v in ckpts["adapted"].config.items()}
         config.update(vocab_size=spec.rows, tie_word_embeddings=False)
         write_json(tmp / "config.json", config)
         spec.save(tmp)

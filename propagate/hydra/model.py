@@ -7,7 +7,8 @@ ranges. Each vocabulary's tokenizer lives in `tokenizers/<name>/`. A prompt may 
 tokens of several tokenizers: encode each piece with its vocabulary and concatenate.
 
 The body is loaded with the architecture's own transformers class (`AutoModel`), so no remote
-code is involved; only the heads are this module's.
+code is involved; only the heads are this module's, followed by the architecture's own logit
+scaling or soft-capping (`hydra.logits`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from lingraft.errors import LingraftError
+from lingraft.propagate.hydra.logits import logit_transform
 
 HYDRA_FILE = "hydra.json"
 FORMAT = "lingraft.hydra/1"
@@ -95,6 +97,7 @@ class HydraForCausalLM(nn.Module):
         super().__init__()
         self.body = body
         self.spec = spec
+        self.logit_transform = logit_transform(body.config, f"Hydra body {type(body).__name__}")
         self.heads = nn.ModuleDict()
         for name, weight in heads.items():
             head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
@@ -132,7 +135,7 @@ class HydraForCausalLM(nn.Module):
             raise LingraftError(f"no head {name!r} (has {list(self.heads)})")
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                         use_cache=use_cache)
-        return self.heads[name](out.last_hidden_state), out.past_key_values
+        return self.logit_transform(self.heads[name](out.last_hidden_state)), out.past_key_values
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, head: str | None = None, max_new_tokens: int = 32,
