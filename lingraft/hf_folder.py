@@ -291,24 +291,36 @@ _TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "
                  "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def read_flat_range(info: TensorInfo, start: int, stop: int) -> "torch.Tensor":
-    """Elements [start, stop) of a tensor flattened in row-major order, read from its shard with
-    plain file reads: no mmap of the shard, no byte outside the range (a rank's share of a
-    tensor costs that rank only its share of memory). A 1-D tensor in the stored dtype."""
+def storage_dtype(info: TensorInfo) -> "torch.dtype":
+    """The torch dtype a tensor is stored in; an error for dtypes training cannot load."""
     import torch
     if info.dtype not in _TORCH_DTYPES:
         raise LingraftError(f"{info.shard}: {info.name} has dtype {info.dtype}, which cannot be loaded for training")
-    dtype = getattr(torch, _TORCH_DTYPES[info.dtype])
+    return getattr(torch, _TORCH_DTYPES[info.dtype])
+
+
+def read_flat_range(info: TensorInfo, start: int, stop: int, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Elements [start, stop) of a tensor flattened in row-major order, read from its shard with
+    plain file reads: no mmap of the shard, no byte outside the range (a rank's share of a
+    tensor costs that rank only its share of memory). A 1-D tensor in the stored dtype, or
+    `out` (contiguous, on the CPU, in the stored dtype) filled in place with no staging copy."""
+    import torch
+    dtype = storage_dtype(info)
     numel = info.nbytes // ITEMSIZE[info.dtype]
     if not 0 <= start <= stop <= numel:
         raise LingraftError(f"{info.shard}: {info.name} has {numel} elements, asked for [{start}, {stop})")
-    buffer = bytearray((stop - start) * ITEMSIZE[info.dtype])
-    view, done = memoryview(buffer), 0
+    if out is None:
+        out = torch.empty(stop - start, dtype=dtype)
+    elif out.dtype != dtype or out.numel() != stop - start or not out.is_contiguous() or out.device.type != "cpu":
+        raise ValueError(f"read_flat_range: out must be a contiguous CPU {dtype} tensor of {stop - start} elements")
+    if stop == start:
+        return out
+    view, done = memoryview(out.view(torch.uint8).numpy()).cast("B"), 0
     with open(info.shard, "rb", buffering=0) as fh:
         fh.seek(info.offset + start * ITEMSIZE[info.dtype])
-        while done < len(buffer):
+        while done < len(view):
             got = fh.readinto(view[done:])
             if not got:
                 raise LingraftError(f"{info.shard}: truncated while reading {info.name}")
             done += got
-    return torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+    return out

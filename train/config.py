@@ -144,6 +144,7 @@ class FrozenBodyConfig:
     It never steps, so it is kept in the compute dtype with no fp32 master copy, and only the
     tables (and their optimizer state) are sharded over all ranks (train/frozen_body.py).
     Under ZeRO-3, `replicate` keeps the frozen parameters gathered once fetched (persistent).
+    ZeRO-1/2 always replicate it (only what trains enters their partitions), as `replicate` says.
     """
     # node: sharded within a node, replicated across nodes (HSDP); the load reads a rank's shard only.
     # replicate: a full copy per rank, no collective ever touches it.

@@ -33,7 +33,8 @@ def _unique(tensors) -> list[torch.Tensor]:
 def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
     """This rank's bytes per kind. `master` is the fp32 copy an engine keeps beside a low-precision
     module (DeepSpeed's partitions, in the optimizer it wraps); FSDP2's sharded fp32 parameters
-    are the trainable weights themselves."""
+    are the trainable weights themselves. `grads` counts the gradients alive at the call:
+    ZeRO-3's flat gradient partitions always, `.grad` tensors only inside a step."""
     params = _unique(model.parameters())
     frozen_rows = _unique(b for name, b in model.named_buffers() if name.endswith(".frozen"))
     out = {"frozen": sum(tensor_bytes(p) for p in params if not p.requires_grad)
@@ -43,10 +44,13 @@ def held_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
            "master": 0, "optimizer_state": 0}
     if optimizer is not None:
         inner = getattr(optimizer, "optimizer", optimizer)     # ZeRO wraps the client AdamW
-        if inner is not optimizer:
-            inner_params = _unique(p for group in inner.param_groups for p in group["params"])
-            out["master"] = sum(tensor_bytes(p) for p in inner_params)
-            out["grads"] += sum(tensor_bytes(p.grad) for p in inner_params)
+        # ZeRO-3 / ZeRO-1,2 keep their fp32 partitions here (ZeRO-3 empties the client's
+        # param_groups between steps).
+        master = getattr(optimizer, "fp32_partitioned_groups_flat", None) or \
+            getattr(optimizer, "single_partition_of_fp32_groups", None) or []
+        out["master"] = sum(tensor_bytes(p) for p in _unique(master))
+        out["grads"] += sum(tensor_bytes(p.grad) for p in _unique(master)) + \
+            tensor_bytes(getattr(optimizer, "grad_partitions_flat_buffer", None))   # ZeRO-3 keeps it from init on
         out["optimizer_state"] = sum(tensor_bytes(v) for state in inner.state.values()
                                      for v in state.values() if torch.is_tensor(v))
     return out

@@ -22,8 +22,12 @@ import torch
 from torch import nn
 
 from lingraft.errors import LingraftError
-from lingraft.hf_folder import Checkpoint, TensorInfo, open_checkpoint, read_flat_range
+from lingraft.hf_folder import Checkpoint, TensorInfo, open_checkpoint, read_flat_range, storage_dtype
 from lingraft.train.config import TrainConfig
+
+# A cast (bf16 file -> fp32 master) goes through a staging buffer of at most this many
+# elements, so a rank's peak stays its share plus one chunk.
+CAST_CHUNK = 8 << 20
 
 
 def streams_weights(cfg: TrainConfig) -> bool:
@@ -61,7 +65,7 @@ def _skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype, zero_config: dict |
         import deepspeed
         # The dtype comes from the config's bf16 flag: an explicit `dtype` is misread off GPU
         # (DeepSpeed 0.19 picks bf16 for any dtype where fp16 is unsupported).
-        where = deepspeed.zero.Init(config_dict_or_path=zero_config)
+        where = _unsynced_zero_init(deepspeed)(config_dict_or_path=zero_config)
     else:
         # Buffers stay real: the rotary tables are computed, not stored in the checkpoint.
         where = init_empty_weights(include_buffers=False)
@@ -75,6 +79,23 @@ def _skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype, zero_config: dict |
     return model
 
 
+def _unsynced_zero_init(deepspeed):
+    """zero.Init without its per-parameter broadcast of rank 0's random values: every partition is
+    read from the checkpoint right after, so the broadcast (the whole model, parameter by
+    parameter, over the network) would be thrown away. DeepSpeed 0.19's `_zero_init_param` is
+    convert + broadcast + partition; without that method the plain Init (with its broadcast) is used."""
+    base = deepspeed.zero.Init
+    if not hasattr(base, "_zero_init_param"):
+        return base
+
+    class UnsyncedInit(base):
+        def _zero_init_param(self, param):
+            self._convert_to_deepspeed_param(param)
+            param.partition()
+
+    return UnsyncedInit
+
+
 def _info(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> TensorInfo:
     info = ckpt.tensors.get(name)
     if info is None:
@@ -85,10 +106,25 @@ def _info(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> TensorInfo:
     return info
 
 
+def read_into(info: TensorInfo, start: int, dest: torch.Tensor) -> torch.Tensor:
+    """Fill `dest` with the flattened tensor's elements [start, start + dest.numel()): straight into
+    its memory when the dtypes agree, else cast chunk by chunk. Returns `dest`."""
+    host = dest if dest.device.type == "cpu" else torch.empty_like(dest, device="cpu")
+    flat, count = host.view(-1), host.numel()
+    if host.dtype == storage_dtype(info):
+        read_flat_range(info, start, start + count, out=flat)
+    else:
+        for lo in range(0, count, CAST_CHUNK):
+            hi = min(lo + CAST_CHUNK, count)
+            flat[lo:hi].copy_(read_flat_range(info, start + lo, start + hi))
+    if host is not dest:
+        dest.copy_(host)
+    return dest
+
+
 def read_whole(ckpt: Checkpoint, name: str, shape: tuple[int, ...], dtype: torch.dtype,
                device: torch.device) -> torch.Tensor:
-    info = _info(ckpt, name, shape)
-    return read_flat_range(info, 0, math.prod(shape)).view(shape).to(device=device, dtype=dtype)
+    return read_into(_info(ckpt, name, shape), 0, torch.empty(shape, dtype=dtype, device=device))
 
 
 def load_whole_tables(model: nn.Module, ckpt: Checkpoint, dtype: torch.dtype, device: torch.device) -> None:
@@ -118,8 +154,8 @@ def _local_share(ckpt: Checkpoint, name: str, param: torch.Tensor, device: torch
         raise LingraftError(f"{name}: sharded along {param.placements}; only row (dim 0) shards are loaded")
     row = math.prod(shape[1:])
     first = min(offset[0], shape[0])
-    flat = read_flat_range(_info(ckpt, name, shape), first * row, (first + local_shape[0]) * row)
-    local = flat.view(tuple(local_shape)).to(device=device, dtype=param.dtype)
+    local = read_into(_info(ckpt, name, shape), first * row,
+                      torch.empty(tuple(local_shape), dtype=param.dtype, device=device))
     return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False,
                               shape=param.shape, stride=param.stride())
 
@@ -158,6 +194,6 @@ def fill_zero3_partitions(model: nn.Module, ckpt: Checkpoint) -> int:
         stop = min(start + size, param.ds_numel)
         if stop > start:
             info = _info(ckpt, name, tuple(param.ds_shape))
-            part.data.narrow(0, 0, stop - start).copy_(read_flat_range(info, start, stop))
+            read_into(info, start, part.data.narrow(0, 0, stop - start))
         count += 1
     return count

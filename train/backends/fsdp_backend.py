@@ -1,8 +1,11 @@
 """PyTorch FSDP2 (`fully_shard`): each decoder block is one shard group, the root holds the rest.
 
-The model arrives frozen (and split for new_rows), exactly as for the other engines.
-Frozen weights are sharded too, which is where the memory goes, but they carry no
-gradient and no optimizer state. Under new_rows the trainable rows are a Parameter of
+The model arrives frozen (and split for new_rows), exactly as for the other engines, as a
+skeleton whose parameters each rank fills with its own shard after wrapping
+(train/sharded_load.py). When only the tables train (embeddings, new_rows) the frozen body
+is held in the compute dtype and sharded within a node or replicated, and only the tables
+are sharded over all ranks (train/frozen_body.py); other modes shard every block over all
+ranks in fp32. Under new_rows the trainable rows are a Parameter of
 their own (train/split_vocab.py), so the reduce-scatter and AdamW only ever see new rows
 and the old rows are a replicated buffer nobody writes to. Tied tables stay tied: the
 embedding and the head both live in the root group.
