@@ -33,7 +33,7 @@ lint: $(STAMP)
 # `make demo PRESET=smoke` runs another preset; DEMO_ARGS passes flags (--dry-run, --force NAME...).
 PRESET ?= demo
 demo: $(STAMP)
-	LINGRAFT_SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/lingraft pipeline --config configs/$(PRESET).yaml $(DEMO_ARGS)
+	LINGRAFT_SHARED=$(SHARED) $(VENV)/bin/lingraft pipeline --config configs/$(PRESET).yaml $(DEMO_ARGS)
 
 bench: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) bench/pack_throughput.py

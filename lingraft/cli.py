@@ -58,7 +58,9 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
+    """`--config`, `--set KEY=VALUE` and one flag per top-level field of `cmd`'s config: the flags
+    every `lingraft` command takes, also used by rank entry points (`lingraft.train.entry`)."""
     parser.add_argument("--config", help="YAML config file; flags below override it")
     parser.add_argument("--set", dest="_dotted", action="append", default=[], metavar="KEY=VALUE",
                         help="override any (nested) key, e.g. --set clean.min_chars=200")
@@ -97,7 +99,7 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
                 gp = groups.add_parser(head, help=f"{head} commands")
                 group_parsers[head] = gp.add_subparsers(dest="_action", metavar="ACTION", required=True)
             sub = group_parsers[head].add_parser(rest[0], help=cmd.help, description=cmd.help)
-        _add_config_flags(sub, cmd)
+        add_config_flags(sub, cmd)
         sub.set_defaults(_command=cmd)
     return parser
 

@@ -112,11 +112,17 @@ def test_each_backend_gets_its_launcher_and_the_entry_accepts_fsdp(tmp_path, cap
     from pathlib import Path
 
     from lingraft.train.launcher import command
+    # Launchers and ranks run as modules of this interpreter: nothing is looked up on PATH but mpirun.
+    entry = ["-m", "lingraft.train.entry", "--config", "c.yaml"]
     fsdp = tiny_config(tmp_path, tmp_path / "o", backend="fsdp", **{"launch.nproc_per_node": 2})
-    assert command(fsdp, Path("c.yaml"))[:4] == ["torchrun", "--standalone", "--nproc_per_node", "2"]
+    assert command(fsdp, Path("c.yaml")) == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                             "--nproc_per_node", "2", *entry]
+    ds = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", **{"launch.nproc_per_node": 2})
+    cmd = command(ds, Path("c.yaml"))
+    assert cmd[:3] == [sys.executable, "-m", "deepspeed.launcher.runner"] and cmd[-4:] == ["--module", *entry[1:]]
     mpi = tiny_config(tmp_path, tmp_path / "o", backend="deepspeed", **{"launch.launcher": "mpirun"})
     cmd = command(mpi, Path("c.yaml"))
-    assert cmd[0] == "mpirun" and cmd[cmd.index("-np") + 1] == "1" and cmd[-2:] == ["--config", "c.yaml"]
+    assert cmd[0] == "mpirun" and cmd[cmd.index("-np") + 1] == "1" and cmd[-5:] == [sys.executable, *entry]
     assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
     from lingraft.config import ConfigError
     with pytest.raises(ConfigError, match="ds_config: only used with backend=deepspeed"):

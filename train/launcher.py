@@ -2,10 +2,15 @@
 
 Config, model, data, hostfile and DeepSpeed-template problems are reported here, in the
 parent process, before any rank exists. The resolved config is written to
-``<out_dir>/train_config.yaml`` and every launcher runs ``launch/train.py`` on it.
+``<out_dir>/train_config.yaml`` and every launcher runs the module `lingraft.train.entry` on
+it. Launchers are started as modules of this same interpreter (``python -m
+torch.distributed.run``, ``python -m deepspeed.launcher.runner``), and they start the ranks
+with it too, so nothing needs the virtual environment's ``bin/`` on PATH; only Open MPI's
+``mpirun`` is a program of its own.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,7 +27,10 @@ from lingraft.train.config import TrainConfig
 
 log = get_logger(__name__)
 
-ENTRY = Path(__file__).resolve().parents[1] / "launch" / "train.py"
+ENTRY_MODULE = "lingraft.train.entry"
+# launcher -> (the module that runs it, the package that must be installed for it)
+LAUNCHER_MODULES = {"deepspeed": ("deepspeed.launcher.runner", "deepspeed"),
+                    "torchrun": ("torch.distributed.run", "torch")}
 
 
 def read_hostfile(path: Path) -> list[tuple[str, int]]:
@@ -72,40 +80,52 @@ def launcher_for(cfg: TrainConfig) -> str:
 
 
 def command(cfg: TrainConfig, config_file: Path) -> list[str]:
-    script = [str(ENTRY), "--config", str(config_file)]
+    entry = ["--config", str(config_file)]
     lc = cfg.launch
     kind = launcher_for(cfg)
     if kind == "none":
-        return [sys.executable, *script]
+        return [sys.executable, "-m", ENTRY_MODULE, *entry]
     if kind == "deepspeed":
-        cmd = ["deepspeed", "--master_port", str(lc.master_port)]
+        cmd = [sys.executable, "-m", LAUNCHER_MODULES["deepspeed"][0], "--master_port", str(lc.master_port)]
         if lc.hostfile is not None:
             cmd += ["--hostfile", str(lc.hostfile), "--launcher", lc.ds_launcher]
         else:
             cmd += ["--num_gpus", str(lc.nproc_per_node)]
         if lc.master_addr:
             cmd += ["--master_addr", lc.master_addr]
-        return [*cmd, *script]
+        return [*cmd, "--module", ENTRY_MODULE, *entry]
     if kind == "torchrun":
         if lc.hostfile is not None:
             raise LingraftError("launch.hostfile: torchrun starts one node; use launch/slurm_torchrun.sbatch")
-        return ["torchrun", "--standalone", "--nproc_per_node", str(lc.nproc_per_node), *script]
+        return [sys.executable, "-m", LAUNCHER_MODULES["torchrun"][0], "--standalone",
+                "--nproc_per_node", str(lc.nproc_per_node), "-m", ENTRY_MODULE, *entry]
     hosts = ["--hostfile", str(lc.hostfile)] if lc.hostfile else []
     # Open MPI refuses to start as root unless told; containers usually run as root.
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    return ["mpirun", *root, "-np", str(world_size(cfg)), *hosts, sys.executable, *script]
+    return ["mpirun", *root, "-np", str(world_size(cfg)), *hosts, sys.executable, "-m", ENTRY_MODULE, *entry]
+
+
+def check_launcher(cfg: TrainConfig) -> None:
+    """The launcher's package is installed in this interpreter (or, for mpirun, the program is on PATH)."""
+    kind = launcher_for(cfg)
+    if kind in LAUNCHER_MODULES:
+        package = LAUNCHER_MODULES[kind][1]
+        if importlib.util.find_spec(package) is None:   # a submodule's spec would import the package
+            raise LingraftError(f"launch.launcher: {kind} needs the {package!r} package, which is not installed "
+                                f"in {sys.executable} (pip install {package})")
+    elif kind == "mpirun" and shutil.which("mpirun") is None:
+        raise LingraftError("launch.launcher: mpirun is not on PATH (install Open MPI, or load its module)")
 
 
 def run(cfg: TrainConfig) -> None:
     preflight(cfg)
+    check_launcher(cfg)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / "train_config.yaml"
     with atomic_open(config_file) as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     cmd = command(cfg, config_file)
-    if shutil.which(cmd[0]) is None and not os.path.isabs(cmd[0]):
-        raise LingraftError(f"launcher {cmd[0]!r} is not on PATH")
     env = {**os.environ, "LINGRAFT_DIST_TIMEOUT_S": str(cfg.launch.dist_timeout_s)}
     if cfg.device == "cpu" or launcher_for(cfg) == "deepspeed" and not _has_cuda():
         env.setdefault("DS_ACCELERATOR", "cpu")
