@@ -1,7 +1,8 @@
 """Benchmark: the four LEP vocabulary variants of Llama-3 and Mistral, trained on RusLit.
 
 For each base: a full-replacement BPE and Unigram (training.py, `like: base`), Extended
-(base + every new-BPE token the base lacks, English fineweb[:500] protected) and Optimized
+(base + every new-BPE token the base lacks, English fineweb[:500] protected), Extended without
+protection (held-out English, Python stdlib sources and number-heavy lines must keep their ids) and Optimized
 (the base's `keep` tokens most used on RusLit + the `add` most used new tokens). Reported:
 vocabulary size, tokens per word on the UD Russian sentences (target language) and on
 fineweb[500:] (English, the forgetting side), and for Extended the share of held-out
@@ -22,6 +23,7 @@ os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
 
 from lingraft.data_prep.readers import iter_texts  # noqa: E402
 from lingraft.vocabulary.corpus import CorpusText  # noqa: E402
+from lingraft.vocabulary.drift_samples import number_lines, python_sources  # noqa: E402
 from lingraft.vocabulary.extend import extend, reencoded_words  # noqa: E402
 from lingraft.vocabulary.loading import load_tokenizer  # noqa: E402
 from lingraft.vocabulary.optimize import optimize  # noqa: E402
@@ -47,6 +49,7 @@ def main() -> None:
     protect, held_out = english[:500], english[500:]
     ud = list(iter_texts(str(SHARED / "ru_text/ud_russian_sentences.jsonl")))
     ud_counts, en_counts = count_text(ud), count_text(held_out)
+    drift_sets = {"held_out_english": held_out, "python_sources": python_sources(), "number_lines": number_lines()}
 
     results: dict[str, dict] = {}
     for name in args.bases:
@@ -63,6 +66,11 @@ def main() -> None:
         variants["extended"], seconds["extended"] = ext.tokenizer, time.time() - start
         extra["extended"] = {**ext.counts, "held_out_english": reencoded_words(base, ext.tokenizer, len(base), held_out)}
         start = time.time()
+        bare = extend(base, variants["full_bpe"], None)
+        variants["extended_unprotected"], seconds["extended_unprotected"] = bare.tokenizer, time.time() - start
+        extra["extended_unprotected"] = {**bare.counts, **{k: reencoded_words(base, bare.tokenizer, len(base), texts)
+                                                           for k, texts in drift_sets.items()}}
+        start = time.time()
         opt = optimize(base, variants["full_bpe"], ruslit, keep, add)
         variants["optimized"], seconds["optimized"] = opt.tokenizer, time.time() - start
         extra["optimized"] = opt.counts
@@ -76,6 +84,10 @@ def main() -> None:
         rate = extra["extended"]["held_out_english"]["changed_word_rate"]
         print(f"{name:8s} extended: {ext.counts['added']} new tokens, {ext.counts['rejected_by_protect']} refused "
               f"by protection, held-out English words re-encoded {100 * rate:.4f}%", flush=True)
+        drift = {k: f"{v['changed_docs']}/{v['docs']}" for k, v in extra["extended_unprotected"].items()
+                 if k in drift_sets}
+        print(f"{name:8s} extended without protection: {bare.counts['added']} new tokens, refused by the rule "
+              f"{bare.counts['refused_by_rule']}; documents re-encoded {drift}", flush=True)
     print(json.dumps({"bench": "vocab_variants", "ruslit_chars": sum(map(len, ruslit)), "new_vocab": args.new_vocab,
                       "ud_words": ud_counts.words, "en_held_out_words": en_counts.words, "results": results}))
 

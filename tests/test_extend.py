@@ -9,7 +9,8 @@ import pytest
 
 from lingraft.errors import LingraftError
 from lingraft.vocabulary.bpe_surgery import plan_extension, plan_shrink, reachable
-from lingraft.vocabulary.extend import extend, read_vocab_map, reencoded_words
+from lingraft.vocabulary.extend import extend, reencoded_words
+from lingraft.vocabulary.vocab_map import read_vocab_map
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
 
 BASES = {"llama3": "tokenizers/llama3/tokenizer.json.xz", "mistral": "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"}
@@ -175,3 +176,58 @@ def test_shrink_keeps_closures_and_exact_size():
     assert plan_shrink(tok_json, size=7, order=["abra"]) == {*TOY, "ab", "abr", "<s>"}
     with pytest.raises(LingraftError, match="5 atoms"):
         plan_shrink(tok_json, size=4, order=[])
+
+
+# -- without protection: only text holding a new-language letter may change (issue 14.1-2) ------
+
+@lru_cache(maxsize=None)
+def extended_bare(shared: Path, name: str):
+    """Extended with every token the rules accept, and no protected corpus."""
+    base = load_tokenizer(shared / "tokenizers/gpt2") if name == "gpt2" else base_tokenizer(shared, name)
+    if name == "gpt2":
+        from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer
+        new = train_tokenizer(russian(shared), base_pipeline(base, []), TrainParams("bpe", 3000))
+    else:
+        new = new_tokenizer(shared, name)
+    return base, extend(base, new)
+
+
+@pytest.mark.parametrize("name", [*sorted(BASES), "gpt2"])
+def test_unprotected_english_numbers_and_code_keep_their_ids(shared, name):
+    from lingraft.vocabulary.drift_samples import number_lines, python_sources
+    base, variant = extended_bare(shared, name)
+    assert variant.counts["new_scripts"] == ["CYRILLIC"] and variant.counts["added"] > 300
+    for texts in (python_sources(150), number_lines(20)):
+        assert reencoded_words(base, variant.tokenizer, len(base), texts)["changed_docs"] == 0
+    held_out = reencoded_words(base, variant.tokenizer, len(base), english(shared)[300:600])
+    assert held_out["changed_docs"] <= 0.01 * held_out["docs"]
+    ud = ud_sentences(shared)
+    assert n_tokens(variant.tokenizer, ud) < 0.99 * n_tokens(base, ud)
+
+
+def test_no_new_token_is_whitespace_digits_or_punctuation_only(shared):
+    from lingraft.vocabulary.token_rules import token_scripts
+    base, variant = extended_bare(shared, "gpt2")
+    new_tokens = variant.tokenizer.convert_ids_to_tokens(list(range(len(base), len(variant.tokenizer))))
+    assert all("CYRILLIC" in token_scripts(t, byte_level=True) for t in new_tokens)
+    assert variant.counts["refused_by_rule"]["no_new_language_letter"] > 0
+    code = "def f(x):\n    if x:\n        return 1\n"   # indentation runs such as ĊĠĠĠ stay the base's
+    assert variant.tokenizer.encode(code) == base.encode(code)
+
+
+def test_new_token_rule_on_token_spellings():
+    from lingraft.vocabulary.token_rules import BaseRules, NewTokenRule
+    byte_level = NewTokenRule(BaseRules(False, False, True, None), ["Cyrillic"])
+    assert byte_level.refusal("ĊĠĠĠ") == byte_level.refusal("Ġ1895") == "no_new_language_letter"
+    assert byte_level.refusal("ĠÐ¿") is None                  # " п"
+    assert byte_level.refusal("ĠÐ") is None                   # " " + the lead byte of а..п: Cyrillic
+    assert byte_level.refusal("ĠÃ") == "no_new_language_letter"   # lead byte of À..ÿ: Latin, not new
+    spm = NewTokenRule(BaseRules(True, True, False, None), ["CYRILLIC"], base_tokens={"▁1"})
+    assert spm.refusal("▁1-й") == "joins_a_digit" and spm.refusal("сл▁ово") == "whitespace_inside"
+    assert spm.refusal("00") == "joins_a_digit" and spm.refusal("▁»,") == "no_new_language_letter"
+    assert spm.refusal("▁1") is None and spm.refusal("▁▁слово") is None   # base tokens may come back
+
+
+def test_unknown_new_script_is_refused(shared):
+    with pytest.raises(LingraftError, match="new_scripts: no new token holds a letter of KLINGON"):
+        extend(base_tokenizer(shared, "mistral"), new_tokenizer(shared, "mistral"), new_scripts=["Klingon"])

@@ -135,3 +135,20 @@ def test_bad_training_input(run_cli, tmp_path, corpus_file):
                            "--text-field", "missing")
     assert code == 1 and "no text" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_like_mistral_obeys_its_digit_and_byte_fallback_rules(mistral, corpus):
+    """Mistral splits digits and spells characters it has no piece for ("\\n", "\\t") in byte pieces:
+    a BPE trained like it must learn neither "▁1" / "00" nor longer pieces holding such a character."""
+    from lingraft.vocabulary.drift_samples import number_lines
+    tok = train_tokenizer(corpus + number_lines(10), base_pipeline(mistral, []), TrainParams("bpe", 3000))
+    special = set(tok.all_special_tokens) | set(BYTE_PIECES)
+    pieces = [p for p in tok.backend_tokenizer.get_vocab(with_added_tokens=False) if p not in special]
+    assert not [p for p in pieces if len(p) > 1 and any(c.isdecimal() for c in p)]
+    base_chars = {p for p in mistral.get_vocab() if len(p) == 1}
+    assert not [p for p in pieces if len(p) > 1 and set(p) - base_chars]
+    numbers = "In 1984, 2,048 of 10000 items cost $3.14 each.\n\tВ 1812 году"
+    tokens = tok.convert_ids_to_tokens(tok.encode(numbers, add_special_tokens=False))
+    assert [t for t in tokens if t not in BYTE_PIECES and any(c.isdecimal() for c in t)] == list("19842048100003141812")
+    assert "\n" in tokens                    # alone, never joined to the text around it
+    assert_round_trip(tok)

@@ -25,8 +25,9 @@ unreachable by merges and are matched by the added-token pass before BPE runs, a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from lingraft.errors import LingraftError
 
@@ -122,6 +123,7 @@ class ExtensionPlan:
     rejected_by_protect: int     # candidates refused because every way to build them touches protected text
     unbuildable: int             # candidates needing a symbol the vocabulary lacks (e.g. an unseen character)
     already_in_base: int         # new-tokenizer tokens the base already has
+    refused_by_rule: dict[str, int] = field(default_factory=dict)   # reason -> candidates the rule refused
 
 
 def splits(token: str, have: Collection[str], banned: Collection[Pair] = frozenset()) -> list[Pair]:
@@ -143,7 +145,8 @@ def _build(token: str, have: Collection[str], producer: Mapping[str, Pair], bann
 
 def plan_extension(vocab: Mapping[str, int], new_merges: Sequence[Pair], budget: int | None,
                    order: Sequence[str] | None = None, protected_pairs: Collection[Pair] = frozenset(),
-                   protected_words: Collection[str] = frozenset()) -> ExtensionPlan:
+                   protected_words: Collection[str] = frozenset(),
+                   refusal: Callable[[str], str | None] | None = None) -> ExtensionPlan:
     """Choose up to `budget` new tokens of another BPE and the merges that build them.
 
     Candidates are the other BPE's merge results that `vocab` lacks, tried in `order`
@@ -157,23 +160,36 @@ def plan_extension(vocab: Mapping[str, int], new_merges: Sequence[Pair], budget:
     Protection: a pair in `protected_pairs` never becomes a merge, and a token in
     `protected_words` is never added (with ``ignore_merges`` a whole pre-token found in the
     vocabulary bypasses merging).
+
+    `refusal` (token -> reason, or None to allow) is the new-token rule of
+    `vocabulary.token_rules`: a token it refuses is never added, as a candidate or as a part.
     """
     banned, banned_words = set(protected_pairs), set(protected_words)
     fresh = [(a, b) for a, b in new_merges if a + b not in vocab]
     producer_any = producers(fresh)
-    producer_ok = producers([(a, b) for a, b in fresh if (a, b) not in banned and a + b not in banned_words])
+    reasons = {t: refusal(t) for t in producer_any} if refusal is not None else {}
+    refused = {t for t, why in reasons.items() if why}
+    producer_rule = producers([(a, b) for a, b in fresh if a + b not in refused])
+    never = banned_words | refused
+    producer_ok = producers([(a, b) for a, b in fresh if (a, b) not in banned and a + b not in never])
     order = list(producer_any) if order is None else order
     limit = len(producer_any) if budget is None else budget
     have, chosen, rejected, unbuildable = set(vocab), [], 0, 0
+    by_rule: Counter[str] = Counter()
     for token in order:
         if len(chosen) >= limit:
             break
         if token in have:
             continue
-        needed = _build(token, have, producer_ok, banned, banned_words)
+        if token in refused:
+            by_rule[reasons[token]] += 1
+            continue
+        needed = _build(token, have, producer_ok, banned, never)
         if needed is None:
             if _build(token, have, producer_any, (), ()) is None:
                 unbuildable += 1
+            elif _build(token, have, producer_rule, (), refused) is None:
+                by_rule["needs_a_refused_part"] += 1
             else:
                 rejected += 1
         elif len(chosen) + len(needed) <= limit:
@@ -183,14 +199,16 @@ def plan_extension(vocab: Mapping[str, int], new_merges: Sequence[Pair], budget:
     merges = sorted((pair for t in chosen for pair in splits(t, have, banned)),
                     key=lambda p: (rank[p[0] + p[1]], rank[p[0]], rank[p[1]]))
     return ExtensionPlan(tokens=chosen, merges=merges, rejected_by_protect=rejected, unbuildable=unbuildable,
-                         already_in_base=len({a + b for a, b in new_merges} & set(vocab)))
+                         already_in_base=len({a + b for a, b in new_merges} & set(vocab)),
+                         refused_by_rule=dict(by_rule))
 
 
-def plan_shrink(tok_json: Mapping[str, Any], size: int, order: Sequence[str]) -> set[str]:
-    """The `size` model tokens to keep: all atoms, then tokens of `order` (most used first),
-    each with its closure when that still fits; left-over room goes to the lowest-ranked merge
-    results (each needs one slot, as its parts rank lower and are already in). Added tokens
-    are kept on top of `size`."""
+def plan_shrink(tok_json: Mapping[str, Any], size: int, order: Sequence[str],
+                required: Collection[str] = ()) -> set[str]:
+    """The `size` model tokens to keep: all atoms, then every `required` token (those the chat
+    template produces), then tokens of `order` (most used first), each with its closure when
+    that still fits; left-over room goes to the lowest-ranked merge results (each needs one
+    slot, as its parts rank lower and are already in). Added tokens are kept on top of `size`."""
     model = bpe_model(tok_json)
     vocab, merges = model["vocab"], merge_list(model)
     added = added_token_contents(tok_json)
@@ -201,6 +219,11 @@ def plan_shrink(tok_json: Mapping[str, Any], size: int, order: Sequence[str]) ->
     if size > len(set(vocab) - added):
         raise LingraftError(f"cannot keep {size} base tokens: the base has only {len(set(vocab) - added)}")
     producer = producers(merges)
+    for token in sorted({t for t in required if t in vocab} - kept - added, key=vocab.__getitem__):
+        kept.update(closure(token, producer, kept) or [])
+    if len(kept) > size:
+        raise LingraftError(f"cannot keep {size} base tokens: the atoms and the tokens the chat template and "
+                            f"special tokens need are already {len(kept)}")
     for token in (*order, *producer):
         if len(kept) >= size:
             break

@@ -24,6 +24,11 @@ protected text then encodes to the same ids by construction; unseen text of the 
 language changes only where it holds a pair the protected corpus did not (`reencoded_words`
 measures how often).
 
+Without a `protect` corpus the new-token rule of `vocabulary.token_rules` does the same job
+for every text without a letter of the new language: each new token must hold such a letter
+(and obey the base's digit and whitespace splits), so English prose, numbers and code keep
+the base's ids; whitespace, digit and punctuation runs (``ĊĠĠĠ``, ``00``) are never added.
+
 The output folder holds the tokenizer (AutoTokenizer loads it; special tokens, added
 tokens and chat template kept), ``vocab_map.json`` (``old_id_of_new_id``: the identity for
 old ids, -1 for new tokens) and ``manifest.json``.
@@ -39,23 +44,23 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from lingraft.atomic import atomic_dir, write_json
+from lingraft.atomic import atomic_dir
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import Manifest, new_manifest
 from lingraft.vocabulary.bpe_surgery import Pair, assemble, bpe_model, merge_list, old_token_ids, plan_extension
 from lingraft.vocabulary.corpus import CorpusText
-from lingraft.vocabulary.loading import backend_json, load_tokenizer, tokenizer_fingerprint
+from lingraft.vocabulary.loading import backend_json, load_tokenizer, tokenizer_fingerprint, tokenizer_kind
+from lingraft.vocabulary.token_rules import NewTokenRule, new_token_rule
 from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer
 from lingraft.vocabulary.variants_config import ExtendConfig, NewVocabSource
+from lingraft.vocabulary.vocab_map import VOCAB_MAP_NAME, write_vocab_map
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 log = get_logger(__name__)
 
-VOCAB_MAP_NAME = "vocab_map.json"
-VOCAB_MAP_FORMAT = "lingraft.vocab_map/1"
 _BATCH = 64
 _WORD = re.compile(r"\S+")
 
@@ -79,6 +84,16 @@ def new_merges(base_json: dict[str, Any], new: "PreTrainedTokenizerFast") -> lis
             raise LingraftError(f"new tokenizer's {part} differs from the base's, so its merges do not apply to "
                                 f"the base's symbols; train it with the base's pipeline (`like: base`)")
     return merge_list(new_json["model"])
+
+
+def rule_for(base_json: dict[str, Any], merges: list[Pair], scripts: list[str],
+             keep_base: bool = False) -> NewTokenRule:
+    """The new-token rule of `vocabulary.token_rules` for extending `base_json` with `merges`;
+    `keep_base`: base tokens are always allowed back (Optimized re-adds dropped ones)."""
+    vocab = old_token_ids(base_json)
+    candidates = [a + b for a, b in merges if a + b not in vocab]
+    byte_level = tokenizer_kind(base_json).startswith("byte_level")
+    return new_token_rule(base_json, byte_level, candidates, scripts, vocab if keep_base else ())
 
 
 def resolve_new_tokenizer(cfg: NewVocabSource, base: "PreTrainedTokenizerFast") -> "PreTrainedTokenizerFast":
@@ -171,12 +186,15 @@ def rebuild_like(base: "PreTrainedTokenizerFast", tok_json: dict[str, Any]) -> "
 
 
 def extend(base: "PreTrainedTokenizerFast", new: "PreTrainedTokenizerFast", add: int | None = None,
-           protect_texts: Iterable[str] = ()) -> Variant:
-    """The Extended variant of `base` with up to `add` tokens of `new` (see the module docstring)."""
+           protect_texts: Iterable[str] = (), new_scripts: list[str] = ()) -> Variant:
+    """The Extended variant of `base` with up to `add` tokens of `new` (see the module docstring);
+    `new_scripts`: the new language's scripts (default: inferred from `new`)."""
     base_json = backend_json(base)
     merges = new_merges(base_json, new)
+    rule = rule_for(base_json, merges, list(new_scripts))
     pairs, words = protected_constraints(base, protect_texts, bool(base_json["model"].get("ignore_merges")))
-    plan = plan_extension(old_token_ids(base_json), merges, add, protected_pairs=pairs, protected_words=words)
+    plan = plan_extension(old_token_ids(base_json), merges, add, protected_pairs=pairs, protected_words=words,
+                          refusal=rule.refusal)
     if add is not None and len(plan.tokens) < add:
         log.warning("only %d of the %d requested new tokens could be added (%d refused by protection, %d "
                     "unbuildable; the rest the base has)", len(plan.tokens), add, plan.rejected_by_protect,
@@ -185,23 +203,12 @@ def extend(base: "PreTrainedTokenizerFast", new: "PreTrainedTokenizerFast", add:
     counts = {"base_tokens": len(old_ids) - len(plan.tokens), "added": len(plan.tokens),
               "new_merges": len(plan.merges), "rejected_by_protect": plan.rejected_by_protect,
               "already_in_base": plan.already_in_base, "unbuildable": plan.unbuildable,
+              "refused_by_rule": plan.refused_by_rule, "new_scripts": sorted(rule.scripts),
               "protected_pairs": len(pairs), "vocab_size": len(old_ids)}
     return Variant(rebuild_like(base, tok_json), old_ids, counts)
 
 
 # -- output ---------------------------------------------------------------------------
-
-def read_vocab_map(folder: str | Path) -> list[int]:
-    """``old_id_of_new_id`` of a variant folder: the base id each token had, -1 for new tokens."""
-    path = Path(folder) / VOCAB_MAP_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LingraftError(f"{path}: no vocabulary map (not an extend/optimize output?)") from None
-    if data.get("format") != VOCAB_MAP_FORMAT:
-        raise LingraftError(f"{path}: unknown format {data.get('format')!r}, expected {VOCAB_MAP_FORMAT!r}")
-    return data["old_id_of_new_id"]
-
 
 def write_variant(out: Path, variant: Variant, manifest: Manifest, base: "PreTrainedTokenizerFast",
                   new: "PreTrainedTokenizerFast", started: float) -> None:
@@ -212,9 +219,7 @@ def write_variant(out: Path, variant: Variant, manifest: Manifest, base: "PreTra
                         "seconds": round(time.time() - started, 2)}
     with atomic_dir(out) as tmp:
         variant.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / VOCAB_MAP_NAME, {"format": VOCAB_MAP_FORMAT, "old_vocab_size": len(base),
-                                          "new_vocab_size": len(variant.old_id_of_new_id),
-                                          "old_id_of_new_id": variant.old_id_of_new_id})
+        write_vocab_map(tmp, len(base), variant.old_id_of_new_id)
         manifest.write(tmp)
 
 
@@ -229,7 +234,7 @@ def run_extend(cfg: ExtendConfig) -> Variant:
     base = load_tokenizer(cfg.base)
     new = resolve_new_tokenizer(cfg, base)
     protect = CorpusText(cfg.protect, cfg.text_field, desc="protected corpus")
-    variant = extend(base, new, cfg.add, protect)
+    variant = extend(base, new, cfg.add, protect, cfg.new_scripts)
     inputs = {**source_inputs(cfg), **{f"protect[{i}]": p for i, p in enumerate(cfg.protect)}}
     write_variant(cfg.out, variant, new_manifest("tokenizer.extend", cfg, inputs), base, new, started)
     log.info("extended %s: %s -> %s (%.1fs)", cfg.base, json.dumps(variant.counts), cfg.out, time.time() - started)

@@ -23,6 +23,7 @@ from lingraft.vocabulary.config import TrainTokenizerConfig
 from lingraft.vocabulary.corpus import CorpusText
 from lingraft.vocabulary.loading import (backend_json, load_tokenizer, pipeline_components, tokenizer_fingerprint,
                                 tokenizer_kind)
+from lingraft.vocabulary.token_rules import BaseRules, infer_rules, training_splits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -56,6 +57,7 @@ class Pipeline:
     added_tokens: list[dict] = field(default_factory=list)   # non-special added tokens, in id order
     wrapper_kwargs: dict[str, Any] = field(default_factory=dict)  # bos_token=..., chat_template=...
     model_params: dict[str, Any] | None = None   # the base model's settings (fuse_unk, ignore_merges...), no vocab
+    rules: BaseRules | None = None         # how the base splits digits, whitespace, unknown characters
 
 
 def _state(component: Any) -> dict:
@@ -135,22 +137,27 @@ def base_pipeline(base: "PreTrainedTokenizerFast", extra_special: list[str]) -> 
         post_processor=data.get("post_processor"), byte_level=byte_level,
         byte_fallback=bool(model.get("byte_fallback")), unk_token=unk, special_tokens=specials,
         added_tokens=[{k: v for k, v in t.items() if k != "id"} for t in added if not t["special"]],
-        wrapper_kwargs=kwargs, model_params={k: v for k, v in model.items() if k not in ("vocab", "merges")})
+        wrapper_kwargs=kwargs, model_params={k: v for k, v in model.items() if k not in ("vocab", "merges")},
+        rules=infer_rules(data, byte_level))
 
 
 def _training_pre_tokenizer(pipeline: Pipeline) -> dict | None:
     """SentencePiece-style pipelines often do not split words at all (Metaspace split=False):
     training on whole documents as single "words" would be slow and learn nothing useful,
-    so for training only, words are split the way sentencepiece splits them."""
+    so for training only, words are split the way sentencepiece splits them. A base's rules
+    (split digits, characters it spells in byte pieces) are obeyed the same way: the trainer
+    never sees the pieces they forbid, so the base's own pipeline serves the result."""
     parts = pipeline_components(pipeline.pre_tokenizer)
     splits = any(c.get("type") in _SPLITTING_PRE_TOKENIZERS or (c.get("type") == "Metaspace" and c.get("split"))
                  for c in parts)
-    if splits or pipeline.byte_level:
-        return pipeline.pre_tokenizer
-    word_split = {"type": "Split", "pattern": {"Regex": SPM_WORD_REGEX}, "behavior": "Isolated", "invert": False}
-    if pipeline.pre_tokenizer is None:
-        return word_split
-    return {"type": "Sequence", "pretokenizers": [pipeline.pre_tokenizer, word_split]}
+    steps = [pipeline.pre_tokenizer] if pipeline.pre_tokenizer is not None else []
+    if not (splits or pipeline.byte_level):
+        steps.append({"type": "Split", "pattern": {"Regex": SPM_WORD_REGEX}, "behavior": "Isolated", "invert": False})
+    if pipeline.rules is not None:
+        steps += training_splits(pipeline.rules)
+    if len(steps) <= 1:
+        return steps[0] if steps else None
+    return {"type": "Sequence", "pretokenizers": steps}
 
 
 def _empty_model(kind: str, pipeline: Pipeline) -> dict:

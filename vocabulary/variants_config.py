@@ -26,6 +26,9 @@ class NewVocabSource:
     text_field: str = field(default="text", metadata=_help("JSON field holding the text"))
     new_vocab_size: int = field(default=32000, metadata=_help("vocabulary size of a new tokenizer trained on --data"))
     max_chars: int | None = field(default=None, metadata=_help("read at most this many characters of --data"))
+    new_scripts: list[str] = field(default_factory=list, metadata=_help(
+        "Unicode scripts of the new language (e.g. Cyrillic); every new token must hold a letter of one, so "
+        "text without one encodes as the base encodes it (default: the scripts of the new tokens' letters)"))
 
     def __post_init__(self) -> None:
         require(self.new_vocab_size > 0, "new_vocab_size", f"must be > 0, got {self.new_vocab_size}")
