@@ -10,7 +10,7 @@ import pytest
 from lingraft.errors import LingraftError
 from tests.test_extend import BASES, MIXED, base_tokenizer, n_tokens, new_tokenizer, russian, ud_sentences
 from lingraft.vocabulary.bpe_surgery import atoms, merge_list, reachable
-from lingraft.vocabulary.extend import read_vocab_map
+from lingraft.vocabulary.vocab_map import read_vocab_map
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
 from lingraft.vocabulary.optimize import by_usage, optimize, usage_counts
 
@@ -129,3 +129,37 @@ def test_keep_below_the_atoms_is_refused(shared, run_cli, tmp_path):
     code, _, err = run_cli("tokenizer", "optimize", "--base", shared / BASES["mistral"], "--keep", "10",
                            "--add", "5", "--out", tmp_path / "x")
     assert code == 2 and "data: the target-language corpus is required" in err
+
+
+LLAMA3_TEMPLATE = ("{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+                   "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+                   "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def test_chat_template_tokens_survive_the_shrink(shared):
+    """At keep=16000 the RusLit usage order alone drops Llama-3's `assistant` (issue 14.5)."""
+    import copy
+    base = copy.deepcopy(base_tokenizer(shared, "llama3"))
+    base.chat_template = LLAMA3_TEMPLATE
+    base.bos_token, base.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    variant = optimize(base, new_tokenizer(shared, "llama3"), russian(shared), 16_000, 300)
+    for messages, prompt in (([{"role": "user", "content": "Привет"}], True),
+                             ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                               {"role": "assistant", "content": "Hello"}], False)):
+        texts = [t.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+                 for t in (base, variant.tokenizer)]
+        assert texts[0] == texts[1]
+        # Template text (headers, roles, "\n\n") encodes to the same tokens; message words may differ.
+        skeleton = texts[0].replace("Привет", "").replace("Be brief.", "").replace("Hi", "").replace("Hello", "")
+        assert variant.tokenizer.tokenize(skeleton) == base.tokenize(skeleton)
+    assert "assistant" in variant.tokenizer.get_vocab()
+    assert variant.counts["kept_base"] == 16_000
+
+
+def test_template_that_renders_nothing_is_an_error(shared):
+    import copy
+    base = copy.deepcopy(base_tokenizer(shared, "mistral"))
+    base.chat_template = "{{ raise_exception('no conversations here') }}"
+    with pytest.raises(LingraftError, match="base chat template: renders no conversation"):
+        optimize(base, new_tokenizer(shared, "mistral"), russian(shared)[:5], KEEP["mistral"], 10)
