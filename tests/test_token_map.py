@@ -91,3 +91,35 @@ def test_load_rejects_foreign_and_missing_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(LingraftError, match="corrupt token map"):
         TokenMap.load(tmp_path / "junk.safetensors")
+
+
+# -- one source of truth for kept rows: extend/optimize's vocab_map.json (issue 14.4) ---------
+
+def test_mean_map_gives_every_old_id_of_extended_mistral_its_own_row(shared):
+    """Byte-fallback pieces (<0x01>...) used to take the row of an ordinary piece with the same byte."""
+    from lingraft.vocabulary.token_matching import build_mean_map
+    from tests.test_extend import base_tokenizer, extended
+    base, variant = base_tokenizer(shared, "mistral"), extended(shared, "mistral")
+    token_map = build_mean_map(base, variant.tokenizer)
+    assert [i for i in range(len(base)) if token_map.row(i) != {i: 1.0}] == []
+
+
+def test_init_token_map_follows_the_stored_vocab_map(shared, tmp_path):
+    from lingraft.vocabulary.init_config import InitConfig
+    from lingraft.vocabulary.init_stage import build_token_map
+    from lingraft.vocabulary.vocab_map import write_vocab_map
+    from tests.test_extend import base_tokenizer
+    from tests.test_optimize import optimized
+    base, variant = base_tokenizer(shared, "mistral"), optimized(shared, "mistral", 800)
+    folder = tmp_path / "optimized"
+    variant.tokenizer.save_pretrained(str(folder))
+    write_vocab_map(folder, len(base), variant.old_id_of_new_id)
+    cfg = InitConfig(model="unused", tokenizer=str(folder), out=str(tmp_path / "out"), method="mean")
+    token_map, _ = build_token_map(cfg, base, variant.tokenizer)
+    for new_id, old_id in enumerate(variant.old_id_of_new_id):
+        if old_id >= 0:
+            assert token_map.row(new_id) == {old_id: 1.0}
+    shifted = [(i + 1) % len(base) if i >= 0 else i for i in variant.old_id_of_new_id]
+    write_vocab_map(folder, len(base), shifted)
+    with pytest.raises(LingraftError, match="vocab_map.json: new id 0 .* made for another base tokenizer"):
+        build_token_map(cfg, base, variant.tokenizer)

@@ -43,6 +43,7 @@ from lingraft.vocabulary.init_config import InitConfig
 from lingraft.vocabulary.loading import load_tokenizer
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 from lingraft.vocabulary.token_matching import adopt_special_tokens, build_mean_map
+from lingraft.vocabulary.vocab_map import stored_vocab_map
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -75,12 +76,15 @@ def check_old_tokenizer(old_tok: "PreTrainedTokenizerFast", rows: int, ckpt: Che
 def build_token_map(cfg: InitConfig, old_tok: "PreTrainedTokenizerFast",
                     new_tok: "PreTrainedTokenizerFast") -> tuple[TokenMap, dict[str, Any]]:
     """The method's TokenMap and the statistics of its making (empty for the mean methods)."""
+    # A tokenizer made by `tokenizer extend|optimize` says itself which old row each id had.
+    old_ids = stored_vocab_map(cfg.tokenizer, old_tok, new_tok)
     if cfg.method in ("mean", "weighted-mean"):
-        return build_mean_map(old_tok, new_tok, cfg.method, cfg.position_decay, cfg.whitespace_weight), {}
+        return build_mean_map(old_tok, new_tok, cfg.method, cfg.position_decay, cfg.whitespace_weight, old_ids), {}
     if cfg.method == "transtokenize":
         from lingraft.vocabulary.transtokenize import build_transtokenize_map
         return build_transtokenize_map(old_tok, new_tok, cfg.translation_resource, top_k=cfg.transtokenize_top_k,
-                                       min_prob=cfg.transtokenize_min_prob, seed=cfg.seed)
+                                       min_prob=cfg.transtokenize_min_prob, seed=cfg.seed,
+                                       base_map=build_mean_map(old_tok, new_tok, old_ids=old_ids))
     raise LingraftError(f"method {cfg.method!r} has no token map")
 
 

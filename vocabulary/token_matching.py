@@ -8,6 +8,12 @@ both become the byte 0xD0. Added and special tokens are matched by their literal
 A new token absent from the old vocabulary is re-segmented by the old tokenizer's subword
 model (applied directly to the token's bytes, so no normaliser, pre-tokeniser or dummy
 prefix can change the text), and its row is a (weighted) mean of those pieces' rows.
+
+Where the new tokenizer was made from the old one (`lingraft tokenizer extend|optimize`), its
+``vocab_map.json`` already says which old id each token had; given as `old_ids`, it decides
+every row it covers, and matching by bytes only fills the rest. Matching by bytes alone keeps
+the two kinds of piece apart where a byte has both: a byte-fallback piece ``<0x61>`` takes
+the old ``<0x61>`` row, not the row of the ordinary piece ``a``.
 """
 from __future__ import annotations
 
@@ -70,6 +76,16 @@ def bytes_index(vocab: Vocabulary) -> dict[bytes, int]:
     return index
 
 
+def kept_old_id(text: bytes, byte_fallback: bool, old_bytes: dict[bytes, int],
+                old_fallback: dict[bytes, int]) -> int | None:
+    """The old id standing for exactly `text`, if any. A new byte-fallback piece matches the old
+    byte-fallback piece of its byte first (an old byte-level BPE has none, and its byte symbol
+    stands for that byte exactly)."""
+    if byte_fallback and text in old_fallback:
+        return old_fallback[text]
+    return old_bytes.get(text)
+
+
 class OldSegmenter:
     """Split any byte string into old-vocabulary ids with the old tokenizer's subword model."""
 
@@ -123,25 +139,34 @@ def piece_weights(pieces: Sequence[bytes], method: str, position_decay: float, w
 
 
 def build_mean_map(old: "PreTrainedTokenizerFast", new: "PreTrainedTokenizerFast", method: str = "mean",
-                   position_decay: float = 0.8, whitespace_weight: float = 0.1) -> TokenMap:
+                   position_decay: float = 0.8, whitespace_weight: float = 0.1,
+                   old_ids: Sequence[int] | None = None) -> TokenMap:
     """The TokenMap of `mean` / `weighted-mean` initialisation from `old` to `new` (any two
-    supported tokenizers). Rows over the old tokenizer's ids, i.e. old_vocab = len(old)."""
+    supported tokenizers). Rows over the old tokenizer's ids, i.e. old_vocab = len(old).
+    `old_ids`: the new tokenizer's vocab map (`vocabulary.vocab_map`), authoritative where >= 0."""
     if method not in ("mean", "weighted-mean"):
         raise LingraftError(f"unknown mean method {method!r}")
     old_vocab, new_vocab = describe_vocabulary(old), describe_vocabulary(new)
     old_bytes = bytes_index(old_vocab)
+    old_fallback = {old_vocab.piece_bytes[i]: i for i in old_vocab.byte_fallback}
     old_added = {content: i for i, content in old_vocab.added.items()}
     segment = OldSegmenter(old, old_vocab)
     rows: list[dict[int, float]] = []
     provenance: list[str] = []
     for new_id in range(new_vocab.size):
+        mapped = old_ids[new_id] if old_ids is not None and new_id < len(old_ids) else -1
+        if mapped >= 0:
+            rows.append({mapped: 1.0})
+            provenance.append("special" if mapped in old_vocab.added else "kept")
+            continue
         row, label = _special_row(new_id, new_vocab, old_added)
         if row is None:
             text = new_vocab.piece_bytes.get(new_id)
             if text is None:      # an added, non-special token unknown to `old`: treat as text
                 text = new_vocab.added[new_id].encode("utf-8")
-            if text in old_bytes:
-                row, label = {old_bytes[text]: 1.0}, "kept"
+            kept = kept_old_id(text, new_id in new_vocab.byte_fallback, old_bytes, old_fallback)
+            if kept is not None:
+                row, label = {kept: 1.0}, "kept"
             else:
                 ids = segment(text)
                 weights = piece_weights([old_vocab.piece_bytes[i] for i in ids], method, position_decay,
