@@ -202,6 +202,29 @@ def test_quantized_pack_is_small_and_its_error_follows_the_energy(family, run_cl
             assert truncation - 0.01 <= row["relative_error"] < truncation + 0.15, name
 
 
+def test_bf16_rows_and_dense_deltas_come_back_exactly(family, run_cli, tmp_path):
+    """In bf16 a delta is rounded (tuned − base needs more bits): stored wider, every changed
+    table row and every dense module comes back bit for bit."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+    derive(family / "base", tmp_path / "tuned32", seed=4)
+    for src, dst in ((family / "base", "base"), (tmp_path / "tuned32", "tuned")):
+        AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16).save_pretrained(str(tmp_path / dst))
+    cli(run_cli, "skillpack", "create", "--base", tmp_path / "base", "--tuned", tmp_path / "tuned",
+        "--out", tmp_path / "pack", *EXACT)
+    modules = manifest(tmp_path / "pack")["outputs"]["modules"]
+    exact = [name for name, r in modules.items() if r["policy"] in ("rows", "dense")]
+    assert {EMBED, HEAD, NORM, FULL_RANK} <= set(exact)
+    with safe_open(str(tmp_path / "pack" / "pack.safetensors"), framework="pt") as fh:
+        assert all(fh.get_tensor(f"{name}/delta").dtype == torch.float32 for name in exact)
+    cli(run_cli, "skillpack", "apply", "--base", tmp_path / "base", "--pack", tmp_path / "pack",
+        "--out", tmp_path / "applied")
+    applied, tuned = all_tensors(tmp_path / "applied"), all_tensors(tmp_path / "tuned")
+    assert tuned[EMBED].dtype == torch.bfloat16
+    for name in exact + [UNTOUCHED]:
+        assert torch.equal(applied[name], tuned[name]), name
+
+
 def test_packs_compose_in_sequence(family, exact_pack, run_cli, tmp_path):
     cli(run_cli, "skillpack", "create", "--base", family / "tuned", "--tuned", family / "tuned2",
         "--out", tmp_path / "p2", *EXACT)

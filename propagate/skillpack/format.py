@@ -11,9 +11,11 @@ Module policies (the "policy" of a manifest module record):
     unchanged  tuned equals base; nothing stored
     lowrank    s, and per band of rank the rows of Uᵀ and Vᵀ (int8 / int4 codes + float32 group
                scales, or float16 / float32 values)
-    dense      the delta in the model's dtype (vectors, and matrices whose low-rank form would
-               not be smaller)
+    dense      the delta (vectors, and matrices whose low-rank form would not be smaller)
     rows       a table's changed rows: their ids and deltas
+    Dense and row deltas are stored wider than the model (`delta_dtype`: float32 for 16-bit
+    models, float64 for float32 ones): in the model's own dtype the difference of two weights is
+    rounded, and base + delta no longer gives the tuned weight back bit for bit.
     table      a table of a new vocabulary, whole, plus the base table's rows the token map
                reads ("ref"), so the pack can be converted onto a sibling model (LEP) alone
 
@@ -122,8 +124,14 @@ def encode_unchanged(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> E
     return _finish(name, "unchanged", shape, dtype, {})
 
 
+def delta_dtype(dtype: torch.dtype) -> torch.dtype:
+    """A dtype in which ``tuned − base`` of two `dtype` weights is exact (or, for float64, as
+    close as it gets), so that adding it back and rounding to `dtype` restores `tuned`."""
+    return torch.float32 if torch.finfo(dtype).bits <= 16 else torch.float64
+
+
 def encode_dense(name: str, delta: torch.Tensor, dtype: torch.dtype, **fields: Any) -> Encoded:
-    return _finish(name, "dense", tuple(delta.shape), dtype, {"delta": delta.to(dtype)}, **fields)
+    return _finish(name, "dense", tuple(delta.shape), dtype, {"delta": delta.to(delta_dtype(dtype))}, **fields)
 
 
 def _encode_factor(rows: torch.Tensor, precision: str, group_size: int) -> dict[str, torch.Tensor]:
@@ -153,7 +161,7 @@ def encode_lowrank(name: str, low: LowRank, bands: list[tuple[int, str]], group_
 
 def encode_rows(name: str, ids: torch.Tensor, deltas: torch.Tensor, shape: tuple[int, ...],
                 dtype: torch.dtype) -> Encoded:
-    return _finish(name, "rows", shape, dtype, {"ids": ids.to(torch.int64), "delta": deltas.to(dtype)},
+    return _finish(name, "rows", shape, dtype, {"ids": ids.to(torch.int64), "delta": deltas.to(delta_dtype(dtype))},
                    rows=int(ids.numel()))
 
 
@@ -279,12 +287,13 @@ class SkillPack:
             raise LingraftError(f"{path}: cannot read {key} ({exc})") from None
 
     def delta(self, name: str) -> torch.Tensor:
-        """A lowrank or dense module's delta, float32."""
+        """A lowrank module's delta in float32, a dense one's as stored (at least float32)."""
         record = self.modules[name]
         if record["policy"] == "lowrank":
             return decode_lowrank(self.read, name, record)
         if record["policy"] == "dense":
-            return self.read(f"{name}/delta").to(torch.float32)
+            stored = self.read(f"{name}/delta")
+            return stored.to(torch.promote_types(torch.float32, stored.dtype))
         raise LingraftError(f"{name}: a {record['policy']} module has no dense delta")
 
     def row_delta(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,10 +185,10 @@ def relative_error(error: float, scale: float) -> float:
 
 
 def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``weight + delta`` summed in float32 (float64 for float64 weights), stored in weight's dtype."""
+    """``weight + delta`` summed in the wider of float32, weight's and delta's dtypes, stored in weight's dtype."""
     if weight.shape != delta.shape:
         raise LingraftError(f"delta of shape {tuple(delta.shape)} does not fit a weight of shape {tuple(weight.shape)}")
-    compute = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    compute = torch.promote_types(torch.promote_types(weight.dtype, delta.dtype), torch.float32)
     return (weight.to(compute) + delta.to(compute)).to(weight.dtype)
 
 

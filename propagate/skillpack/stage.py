@@ -32,6 +32,7 @@ from lingraft.propagate.skillpack.format import (
     Encoded,
     SkillPack,
     copy_model_files,
+    delta_dtype,
     encode_dense,
     encode_lowrank,
     encode_rows,
@@ -101,14 +102,14 @@ def encode_module(cfg: SkillpackCreateConfig, name: str, base: torch.Tensor, tun
         return encode_table(name, tuned, token_map, base)
     if torch.equal(base, tuned):
         return encode_unchanged(name, tuple(tuned.shape), tuned.dtype)
-    compute = torch.float64 if tuned.dtype == torch.float64 else torch.float32
+    compute = delta_dtype(tuned.dtype)     # wide enough for the difference to be exact
     delta = tuned.to(compute) - base.to(compute)
     if is_table:
         ids = changed_rows(delta)
         return encode_rows(name, ids, delta[ids], tuple(tuned.shape), tuned.dtype)
     if delta.ndim != 2:
         return encode_dense(name, delta, tuned.dtype)
-    low = truncated_svd(delta, cfg.energy)
+    low = truncated_svd(delta if tuned.dtype == torch.float64 else delta.float(), cfg.energy)
     top, rest = band_ranks(low.rank, cfg.top_fraction)
     encoded = encode_lowrank(name, low, [(top, cfg.top_precision), (rest, cfg.rest_precision)],
                              cfg.group_size, tuned.dtype)
