@@ -93,7 +93,8 @@ def _family(root: Path, base_tok, new_tok_dir: Path, tied: bool):
     maps = {"input": true_map(1), "head": true_map(2)}
     tiny_llama(root / "B", base_tok, tied)
     make_instruct(root / "B", root / "I", base_tok, maps)
-    assert main(["init", "--model", str(root / "B"), "--tokenizer", str(new_tok_dir), "--out", str(root / "init")]) == 0
+    assert main(["init", "--model", str(root / "B"), "--tokenizer", str(new_tok_dir), "--out", str(root / "init"),
+                 "--method", "mean"]) == 0
     make_adapted(root / "init", root / "A")
     return root, maps
 
@@ -270,3 +271,41 @@ def test_incompatible_models_write_nothing(untied, tied, run_cli):
     code, _, err = run_cli("propagate", "--base", root / "B", "--adapted", root / "A", "--instruct", root / "I",
                            "--method", "swap", "--token-map", "x", "--out", root / "never")
     assert code == 2 and "token_map" in err
+
+
+def test_untied_adapted_into_tied_instruct_keeps_the_learnt_head(tied, untied, tmp_path):
+    """A with its own head (init --method distill unties a tied model) into a tied I: the output is
+    untied and its head is A's head under the head's own fitted map (B's = I's tied table)."""
+    from transformers import AutoModelForCausalLM
+    root, maps = tied
+    family = tmp_path / "mixed"
+    shutil.copytree(root, family, ignore=shutil.ignore_patterns("conv*"))
+    shutil.rmtree(family / "A")
+    shutil.copytree(untied[0] / "A", family / "A")          # same tokenizer and token map, untied tables
+    out = propagate(family, "swap", "swap")
+    a, o = all_tensors(family / "A"), all_tensors(out)
+    copied = json.loads((out / "manifest.json").read_text())["metrics"]["instruct_rows_copied"]
+    assert _rows_differing(o[HEAD], a[HEAD]) <= copied and _rows_differing(o[EMBED], a[EMBED]) <= copied
+    assert not torch.equal(a[HEAD], a[EMBED])
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert not model.config.tie_word_embeddings
+    assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    metrics = json.loads((propagate(family, "conversion", "conv") / "manifest.json").read_text())["metrics"]
+    assert set(metrics["fits"]) == {"input", "head"} and not metrics["tied"]
+
+
+def test_tied_adapted_into_untied_instruct_serves_both_tables(tied, untied, tmp_path):
+    root, _ = untied
+    family = tmp_path / "mixed"
+    shutil.copytree(root, family, ignore=shutil.ignore_patterns("conv*", "swap*", "overlap*"))
+    shutil.rmtree(family / "A")
+    shutil.copytree(tied[0] / "A", family / "A")
+    out = propagate(family, "swap", "swap")
+    a, o = all_tensors(family / "A"), all_tensors(out)
+    copied = json.loads((out / "manifest.json").read_text())["metrics"]["instruct_rows_copied"]
+    assert _rows_differing(o[EMBED], a[EMBED]) <= copied and _rows_differing(o[HEAD], a[EMBED]) <= copied
+
+
+def _rows_differing(out: torch.Tensor, source: torch.Tensor) -> int:
+    """Rows of `source` that `out` does not carry unchanged (the instruct model's special rows)."""
+    return int((out[:len(source)] != source).any(dim=1).sum())

@@ -14,13 +14,19 @@ _MUST_MATCH = (("architecture", "model_type"), ("architectures", "architectures"
 
 def check_compatible(base: Any, adapted: Any, instruct: Any, names: tuple[str, str, str]) -> None:
     """Raise one error listing every mismatch: B vs I on architecture, hidden size, layer count
-    and tied-ness; A vs B on hidden size. `names` are the three models' paths, for the message."""
+    and tied-ness; A vs B on architecture and hidden size. `names` are the three models' paths.
+
+    A's tied-ness may differ from B's: an untied A (a head learnt apart from the inputs) gives
+    an untied output; a tied A's table serves as both of an untied I's tables."""
     b_name, a_name, i_name = names
     problems = []
     for what, attr in _MUST_MATCH:
         b_value, i_value = getattr(base, attr, None), getattr(instruct, attr, None)
         if b_value != i_value:
             problems.append(f"{what}: base {b_value!r} vs instruct {i_value!r}")
+    if getattr(adapted, "model_type", None) != getattr(base, "model_type", None):
+        problems.append(f"architecture: base {getattr(base, 'model_type', None)!r} vs adapted "
+                        f"{getattr(adapted, 'model_type', None)!r}")
     if getattr(adapted, "hidden_size", None) != getattr(base, "hidden_size", None):
         problems.append(f"hidden size: base {getattr(base, 'hidden_size', None)!r} vs adapted "
                         f"{getattr(adapted, 'hidden_size', None)!r}")

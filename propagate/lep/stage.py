@@ -54,6 +54,27 @@ def _table_names(ckpt: Checkpoint) -> dict[str, str]:
     return {"input": names.input, **({"head": names.output} if names.output and not names.tied else {})}
 
 
+def _source_names(names: dict[str, str]) -> dict[str, str]:
+    """Where each table kind is read from: a tied model's head is its input table."""
+    return {"input": names["input"], "head": names.get("head", names["input"])}
+
+
+def _output_names(ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The tables the output gets, keyed by kind: I's own, plus a head of its own when A has one.
+
+    A with an untied head (e.g. `init --method distill` on a tied model) going into a tied I
+    gives an untied output: A's head rows were learnt as outputs, and making them also serve as
+    inputs would throw that away. A tied A going into an untied I reads its input table as head.
+    """
+    out = dict(names["I"])
+    if "head" in names["A"] and "head" not in out:
+        declared = embedding_names(ckpts["I"]).head
+        if not declared:
+            raise LingraftError(f"{ckpts['I'].folder}: A's head is untied but I's head tensor name is unknown")
+        out["head"] = declared
+    return out
+
+
 def _check_tokenizer_fits(ckpt: Checkpoint, names: dict[str, str], tokens: int) -> None:
     """A tokenizer with more tokens than the model has rows is the wrong one for it (a copied
     folder, a tokenizer from a sibling): caught from the shard headers, before any table is read."""
@@ -72,8 +93,11 @@ def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: 
     """The output tables, keyed by I's tensor names, and each fit's summary."""
     out_tables, fits = {}, {}
     rows_needed = len(vocab.tokenizer)
-    for kind, i_name in names["I"].items():
-        read = {m: read_tensors(ckpts[m], [names[m][kind]])[names[m][kind]] for m in ("B", "A", "I")}
+    for kind, i_name in _output_names(ckpts, names).items():
+        read = {}
+        for m in ("B", "A", "I"):
+            source = _source_names(names[m])[kind]
+            read[m] = read_tensors(ckpts[m], [source])[source]
         clock = time.perf_counter()
         table, fit = propagate_table(cfg.method, read["A"], read["I"].dtype, fit_on, read["B"], read["I"])
         seconds = time.perf_counter() - clock
@@ -125,8 +149,9 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     tables, fits = propagate_tables(cfg, ckpts, names, vocab, fit_on)
     rows = tables[names["I"]["input"]].shape[0]
+    untie = "head" in names["A"] and "head" not in names["I"]
     tied_head = embedding_names(ckpts["I"]).output
-    if "head" not in names["I"] and tied_head:   # tied, but the head is stored too: keep them equal
+    if "head" not in names["I"] and tied_head and not untie:   # tied, but the head is stored too: keep them equal
         tables[tied_head] = tables[names["I"]["input"]]
     timings["tables_s"] = time.perf_counter() - clock
 
@@ -139,15 +164,17 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     clock = time.perf_counter()
     out = Path(cfg.out)
     with atomic_dir(out) as tmp:
-        checksums = write_checkpoint(ckpts["I"], tmp, tables, int(cfg.max_shard_gb * 1e9))
-        write_config_files(ckpts["I"], tmp, rows, toks["I"], vocab.tokenizer)
+        replace = {n: t for n, t in tables.items() if n in ckpts["I"].tensors}
+        added = {n: t for n, t in tables.items() if n not in ckpts["I"].tensors}     # an untied head
+        checksums = write_checkpoint(ckpts["I"], tmp, replace, int(cfg.max_shard_gb * 1e9), extra=added)
+        write_config_files(ckpts["I"], tmp, rows, toks["I"], vocab.tokenizer, untie=untie)
         vocab.tokenizer.save_pretrained(str(tmp))
         write_token_map(resolved, tmp / TOKEN_MAP_NAME)
         timings["write_s"] = time.perf_counter() - clock
         metrics: dict[str, Any] = {
             "method": cfg.method, "fits": fits, "fit_rows_from": map_source, "rows": rows,
             "tokens": len(vocab.tokenizer), "instruct_rows_copied": len(vocab.instruct_rows),
-            "added_from_instruct": vocab.carried, "token_map": resolved.source, "tied": "head" not in names["I"],
+            "added_from_instruct": vocab.carried, "token_map": resolved.source, "tied": "head" not in names["I"] and not untie,
             "bytes_written": sum(f.stat().st_size for f in tmp.glob("model*.safetensors")),
             "largest_shard_bytes": ckpts["I"].largest_shard_bytes,
             "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
