@@ -128,6 +128,7 @@ class EmbeddingNames:
     input: str
     output: str | None      # the LM head's tensor name in the checkpoint, None if it is not stored
     tied: bool
+    head: str = ""          # the LM head's name in the architecture, stored or not (for untying)
 
 
 def read_header(shard: Path) -> tuple[dict[str, Any], int]:
@@ -238,12 +239,13 @@ def embedding_names(ckpt: Checkpoint) -> EmbeddingNames:
         raise LingraftError(f"{ckpt.folder}: input embedding {input_name} not found in the checkpoint")
     if output_name not in ckpt.tensors and not tied:
         raise LingraftError(f"{ckpt.folder}: config says the LM head is untied but {output_name} is missing")
+    declared_head = output_name
     output_name = output_name if output_name in ckpt.tensors else None
     for name in (input_name, output_name):
         bias = name and name.removesuffix(".weight") + ".bias"
         if bias and bias in ckpt.tensors:
             raise LingraftError(f"{ckpt.folder}: {bias} is vocabulary-sized and lingraft does not remap biases")
-    return EmbeddingNames(input=input_name, output=output_name, tied=tied)
+    return EmbeddingNames(input=input_name, output=output_name, tied=tied, head=declared_head)
 
 
 def _names_from_model_class(config: Any, ckpt: Checkpoint) -> tuple[str, str]:

@@ -217,9 +217,9 @@ def test_random_init_matches_old_statistics(tied_model, new_tokenizer_dir, tmp_p
 def test_bad_input_fails_cleanly(problem, untied_model, new_tokenizer_dir, tmp_path, run_cli, shared):
     import shutil
     model = untied_model
-    extra: list[str] = []
+    extra: list[str] = ["--method", "mean"]
     if problem == "old_tokenizer":
-        extra = ["--old-tokenizer", str(shared / "tokenizers" / "mistral" / "mistral7b_v0.1_tokenizer.model")]
+        extra += ["--old-tokenizer", str(shared / "tokenizers" / "mistral" / "mistral7b_v0.1_tokenizer.model")]
         expected = "does not match this model"
     elif problem in ("architecture", "shard"):
         model = Path(shutil.copytree(untied_model, tmp_path / "broken"))
@@ -246,9 +246,14 @@ def test_bad_input_fails_cleanly(problem, untied_model, new_tokenizer_dir, tmp_p
 def test_config_errors(run_cli):
     code, _, err = run_cli("init", "--model", "m", "--tokenizer", "t", "--out", "o", "--method", "transtokenize")
     assert code == 2 and "needs at least one translation resource" in err
-    code, _, err = run_cli("init", "--model", "m", "--tokenizer", "t", "--out", "o",
+    code, _, err = run_cli("init", "--model", "m", "--tokenizer", "t", "--out", "o", "--method", "mean",
                            "--translation-resource", "x.jsonl")
     assert code == 2 and "only used by --method transtokenize" in err
+    code, _, err = run_cli("init", "--model", "m", "--tokenizer", "t", "--out", "o")   # distill, the default
+    assert code == 2 and "corpus" in err and "--method mean" in err
+    code, _, err = run_cli("init", "--model", "m", "--tokenizer", "t", "--out", "o", "--method", "mean",
+                           "--corpus", "x.jsonl")
+    assert code == 2 and "only used by --method distill" in err
 
 
 # -- bits per character --------------------------------------------------------------------------
@@ -323,3 +328,33 @@ def test_transtokenize_is_wired_in(untied_model, new_tokenizer_dir, tmp_path, ru
     assert manifest["metrics"]["provenance"] == TokenMap.load(out).provenance_counts()
     assert manifest["params"]["translation_resource"][0]["old_field"] == "en"
     assert "aligned" in stdout
+
+
+def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, new_tokenizer_dir, tmp_path, run_cli,
+                                                                   shared):
+    """The default method on a tiny tied model: old rows untouched in both tables, the head untied
+    and fitted (held-out cross-entropy below where it started), the input rows distilled."""
+    from transformers import AutoModelForCausalLM
+    corpus = tmp_path / "corpus.jsonl"
+    with open(shared / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
+        corpus.write_text("".join(line for line, _ in zip(fh, range(120))), encoding="utf-8")
+    out = tmp_path / "distill"
+    code, stdout, err = run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", out,
+                                "--corpus", corpus, "--distill-passages", 48, "--distill-steps", 6,
+                                "--distill-batch-size", 4, "--head-fit-epochs", 3, "--head-fit-lr", 0.01)
+    assert code == 0, err
+    stats = json.loads((out / "manifest.json").read_text())["metrics"]["distill"]
+    assert stats["untied"] and stats["input"]["kl_last"] < stats["input"]["kl_first"]
+    curve = stats["output"]["cross_entropy_by_epoch"]
+    assert min(held for _, held in curve) < curve[0][1] + 1e-6
+    assert stats["output"]["rows_seen_as_target"] + stats["output"]["rows_never_seen"] == stats["learnt_rows"]
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    assert not model.config.tie_word_embeddings
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    token_map = TokenMap.load(out / "token_map.safetensors")
+    kept = [i for i, code in enumerate(token_map.provenance.tolist()) if code == 0]   # "kept"
+    old = all_tensors(tied_model)[EMBED]
+    old_ids = torch.tensor([token_map.indices[token_map.indptr[i]] for i in kept])
+    assert torch.equal(embed[kept], old[old_ids]) and torch.equal(head[kept], old[old_ids])
+    learnt = [i for i, code in enumerate(token_map.provenance.tolist()) if code not in (0, 5)]
+    assert not torch.equal(embed[learnt], head[learnt])

@@ -307,7 +307,8 @@ def test_language_pack_on_a_sibling_equals_propagate_conversion(shared, tmp_path
     new_tok = train_small_ru_tokenizer(shared, tmp_path / "ru", 1000, 200_000)
     tiny_llama(tmp_path / "B", base_tok, tied=False)
     make_instruct(tmp_path / "B", tmp_path / "I", base_tok, {"input": true_map(1), "head": true_map(2)})
-    cli(run_cli, "init", "--model", tmp_path / "B", "--tokenizer", new_tok, "--out", tmp_path / "init")
+    cli(run_cli, "init", "--model", tmp_path / "B", "--tokenizer", new_tok, "--out", tmp_path / "init",
+        "--method", "mean")
     make_adapted(tmp_path / "init", tmp_path / "A")
 
     pack = tmp_path / "lang"

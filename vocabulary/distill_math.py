@@ -118,21 +118,77 @@ def fit_loss(data: FitData, rows: torch.Tensor, index: torch.Tensor) -> torch.Te
     return (lse - target).mean()
 
 
-def fit_output_rows(data: FitData, init: torch.Tensor, epochs: int, lr: float, batch_size: int, seed: int,
-                    on_epoch: Callable[[int, float], None] | None = None) -> torch.Tensor:
-    """New head rows (starting from `init`) minimising the cross-entropy of `data`, by Adam."""
-    rows = torch.nn.Parameter(init.detach().to(torch.float32).clone())
-    optim = torch.optim.Adam([rows], lr=lr)
+@dataclass(frozen=True)
+class HeadFeatures:
+    """What is known about each learnt token before fitting, as rows in B's head space."""
+    first: torch.Tensor   # (n, d) B's head row of the token's first old piece
+    mean: torch.Tensor    # (n, d) the mean of its pieces' rows (the token map applied to the head)
+    unit: torch.Tensor    # (d,) a direction with h·unit ≈ 1 on the fit states: turns a scalar into a logit offset
+
+
+def unit_direction(hidden: torch.Tensor) -> torch.Tensor:
+    """Least-squares v with ``hidden @ v ≈ 1``: adding ``c·v`` to a row adds about c to its logit."""
+    ones = torch.ones(hidden.shape[0], 1, dtype=hidden.dtype)
+    return torch.linalg.lstsq(hidden, ones).solution.squeeze(1)
+
+
+class HeadMap(torch.nn.Module):
+    """Learnt head rows ``first·A + mean·M + u + offset_t·unit``.
+
+    The two d×d maps and u are shared by every new token, so the few hundred thousand
+    parameters are fitted from tens of thousands of positions and carry over to tokens the
+    corpus never showed; the per-token offset is the only free parameter per token (a
+    log-prior: new tokens absorb their first piece's continuations, so their logit needs
+    its own level). Starts at the first-piece rows (A = I, M = 0, u = 0, offset = 0).
+    """
+
+    def __init__(self, features: HeadFeatures) -> None:
+        super().__init__()
+        d = features.first.shape[1]
+        self.features = features
+        self.first_map = torch.nn.Parameter(torch.eye(d))
+        self.mean_map = torch.nn.Parameter(torch.zeros(d, d))
+        self.shift = torch.nn.Parameter(torch.zeros(d))
+        self.offset = torch.nn.Parameter(torch.zeros(features.first.shape[0]))
+
+    def rows(self) -> torch.Tensor:
+        f = self.features
+        return f.first @ self.first_map + f.mean @ self.mean_map + self.shift + self.offset[:, None] * f.unit
+
+    def penalty(self) -> torch.Tensor:
+        eye = torch.eye(self.first_map.shape[0])
+        return (self.first_map - eye).pow(2).sum() + self.mean_map.pow(2).sum() + self.offset.pow(2).mean()
+
+
+def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: float, batch_size: int, seed: int,
+                    weight_decay: float = 1e-3, holdout: float = 0.1,
+                    on_epoch: Callable[[int, float, float], None] | None = None) -> torch.Tensor:
+    """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy.
+
+    A `holdout` share of the positions is never trained on; the rows of the epoch with the
+    lowest held-out cross-entropy are returned, so extra epochs cannot overfit.
+    """
     generator = torch.Generator().manual_seed(seed)
-    n = data.hidden.shape[0]
+    perm = torch.randperm(data.hidden.shape[0], generator=generator)
+    held = perm[:max(1, int(holdout * perm.numel()))]
+    train = perm[held.numel():]
+    head = HeadMap(features)
+    optim = torch.optim.Adam(head.parameters(), lr=lr)
+    with torch.no_grad():
+        best_rows, best = head.rows(), float(fit_loss(data, head.rows(), held))
     for epoch in range(epochs):
         total, batches = 0.0, 0
-        for index in torch.randperm(n, generator=generator).split(batch_size):
-            loss = fit_loss(data, rows, index)
+        for index in train[torch.randperm(train.numel(), generator=generator)].split(batch_size):
+            loss = fit_loss(data, head.rows(), index)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + weight_decay * head.penalty()).backward()
             optim.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
+        with torch.no_grad():
+            rows = head.rows()
+            held_loss = float(fit_loss(data, rows, held))
+        if held_loss < best:
+            best_rows, best = rows, held_loss
         if on_epoch is not None:
-            on_epoch(epoch, total / max(batches, 1))
-    return rows.detach()
+            on_epoch(epoch, total / max(batches, 1), held_loss)
+    return best_rows

@@ -7,7 +7,9 @@ from typing import Literal
 from lingraft.config import require
 from lingraft.vocabulary.translation_resources import TranslationResourceConfig, parse_resource_spec
 
-InitMethod = Literal["mean", "weighted-mean", "transtokenize", "random"]
+InitMethod = Literal["distill", "mean", "weighted-mean", "transtokenize", "random"]
+# Methods that run the original model over a corpus.
+CORPUS_METHODS = ("distill",)
 
 
 @dataclass
@@ -16,7 +18,9 @@ class InitConfig:
     model: str = field(default="", metadata={"help": "HF model folder, hub id, or .gguf file"})
     tokenizer: str = field(default="", metadata={"help": "the new tokenizer (any spec load_tokenizer accepts)"})
     out: str = field(default="", metadata={"help": "output folder: a HF model folder + token_map + manifest"})
-    method: InitMethod = field(default="mean", metadata={"help": "how new rows are initialised"})
+    method: InitMethod = field(default="distill", metadata={
+        "help": "how new rows are initialised: distill (mean rows refined by the original model over "
+                "--corpus; the best measured, see BENCHMARKS.md), mean, weighted-mean, transtokenize, random"})
     old_tokenizer: str | None = field(default=None, metadata={
         "help": "the model's own tokenizer, when the model folder does not hold it"})
     pad_to_multiple: int = field(default=64, metadata={
@@ -40,6 +44,19 @@ class InitConfig:
     transtokenize_top_k: int = field(default=16, metadata={"help": "transtokenize: old tokens kept per row"})
     transtokenize_min_prob: float = field(default=0.02, metadata={
         "help": "transtokenize: drop translation probabilities below this"})
+    corpus: list[str] = field(default_factory=list, metadata={
+        "help": "distill: text the original model reads (files or folders any reader accepts: the training mix)"})
+    corpus_field: str = field(default="text", metadata={"help": "distill: JSON field of corpus holding the text"})
+    distill_passages: int = field(default=384, metadata={"help": "distill: corpus windows read (sampled evenly)"})
+    distill_passage_chars: int = field(default=400, metadata={"help": "distill: characters per window"})
+    distill_steps: int = field(default=48, metadata={
+        "help": "distill: Adam steps on the new input rows (0: keep the mean rows as inputs)"})
+    distill_batch_size: int = field(default=8, metadata={"help": "distill: windows per step"})
+    distill_lr: float = field(default=2.0e-3, metadata={"help": "distill: input-row learning rate"})
+    head_fit_epochs: int = field(default=6, metadata={
+        "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
+    head_fit_lr: float = field(default=1.0e-3, metadata={"help": "distill: head-map learning rate"})
+    head_fit_batch_size: int = field(default=512, metadata={"help": "distill: positions per head-fit step"})
     eval_text: str | None = field(default=None, metadata={
         "help": "held-out text file: report bits per character of the original and the new model"})
     eval_text_field: str = field(default="text", metadata={"help": "JSON field of eval_text holding the text"})
@@ -65,6 +82,16 @@ class InitConfig:
         self.translation_resource = [
             parse_resource_spec(r, self.old_language, self.new_language) if isinstance(r, str) else r
             for r in self.translation_resource]
+        require(self.method in CORPUS_METHODS or not self.corpus, "corpus",
+                f"only used by --method {'/'.join(CORPUS_METHODS)}, not {self.method!r}")
+        require(self.method not in CORPUS_METHODS or bool(self.corpus), "corpus",
+                f"--method {self.method} reads the original model's predictions over a corpus: give --corpus "
+                "(e.g. the training mix), or choose --method mean")
+        for name in ("distill_passages", "distill_passage_chars", "distill_batch_size", "head_fit_batch_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.distill_steps >= 0, "distill_steps", f"must be >= 0, got {self.distill_steps}")
+        require(self.head_fit_epochs >= 1, "head_fit_epochs", f"must be >= 1, got {self.head_fit_epochs}")
+        require(self.distill_lr > 0 and self.head_fit_lr > 0, "distill_lr", "learning rates must be > 0")
         require(self.transtokenize_top_k >= 1, "transtokenize_top_k", f"must be >= 1, got {self.transtokenize_top_k}")
         require(0 <= self.transtokenize_min_prob < 1, "transtokenize_min_prob",
                 f"must be in [0, 1), got {self.transtokenize_min_prob}")

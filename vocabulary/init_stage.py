@@ -61,6 +61,7 @@ class NewTables:
     token_map: TokenMap | None          # None for random init
     provenance: dict[str, int]
     method_stats: dict[str, Any]
+    untie_head: bool = False            # a tied checkpoint whose head now differs from its input table
 
 
 def check_old_tokenizer(old_tok: "PreTrainedTokenizerFast", rows: int, ckpt: Checkpoint, spec: str) -> None:
@@ -78,8 +79,9 @@ def build_token_map(cfg: InitConfig, old_tok: "PreTrainedTokenizerFast",
     """The method's TokenMap and the statistics of its making (empty for the mean methods)."""
     # A tokenizer made by `tokenizer extend|optimize` says itself which old row each id had.
     old_ids = stored_vocab_map(cfg.tokenizer, old_tok, new_tok)
-    if cfg.method in ("mean", "weighted-mean"):
-        return build_mean_map(old_tok, new_tok, cfg.method, cfg.position_decay, cfg.whitespace_weight, old_ids), {}
+    if cfg.method in ("mean", "weighted-mean", "distill"):   # distill refines the mean rows afterwards
+        method = "mean" if cfg.method == "distill" else cfg.method
+        return build_mean_map(old_tok, new_tok, method, cfg.position_decay, cfg.whitespace_weight, old_ids), {}
     if cfg.method == "transtokenize":
         from lingraft.vocabulary.transtokenize import build_transtokenize_map
         return build_transtokenize_map(old_tok, new_tok, cfg.translation_resource, top_k=cfg.transtokenize_top_k,
@@ -107,6 +109,26 @@ def build_tables(cfg: InitConfig, old: dict[str, torch.Tensor], old_tok: "PreTra
     return NewTables(tables=tables, token_map=token_map, provenance=provenance, method_stats=stats)
 
 
+def refine_by_distillation(cfg: InitConfig, source: Path, names: EmbeddingNames, new: NewTables,
+                           old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast") -> None:
+    """`--method distill`: input and head rows learnt from the original model (vocabulary.distill_init).
+
+    The head always comes out as its own table: a tied checkpoint is untied (its config says so).
+    """
+    from lingraft.vocabulary.distill_init import distill_tables
+    from lingraft.vocabulary.token_map import PROVENANCES
+    head_name = names.output or names.head
+    if not head_name:
+        raise LingraftError(f"{source}: cannot tell the LM head's tensor name, so its rows cannot be untied")
+    provenance = [PROVENANCES[int(code)] for code in new.token_map.provenance]
+    head = new.tables[names.output] if names.output and not names.tied else new.tables[names.input]
+    result = distill_tables(cfg, source, new.tables[names.input], head, provenance, old_tok, new_tok)
+    new.tables[names.input] = result.input
+    new.tables[head_name] = result.output
+    new.method_stats = {**new.method_stats, **result.stats, "untied": names.tied}
+    new.untie_head = names.tied
+
+
 def remap_token_ids(config: dict[str, Any], old_tok: "PreTrainedTokenizerFast",
                     new_tok: "PreTrainedTokenizerFast", where: str) -> dict[str, Any]:
     """Translate every ``*_token_id`` entry (int or list) through the token's string."""
@@ -125,13 +147,15 @@ def remap_token_ids(config: dict[str, Any], old_tok: "PreTrainedTokenizerFast",
 
 
 def write_config_files(ckpt: Checkpoint, tmp: Path, rows: int, old_tok: "PreTrainedTokenizerFast",
-                       new_tok: "PreTrainedTokenizerFast") -> None:
+                       new_tok: "PreTrainedTokenizerFast", untie: bool = False) -> None:
     """The source's config and generation config, with the new vocabulary size and token ids.
 
     Shared by `init` and `propagate`: both give a checkpoint a vocabulary it did not have.
     """
     config = remap_token_ids(ckpt.config, old_tok, new_tok, str(ckpt.folder / "config.json"))
     config["vocab_size"] = rows
+    if untie:
+        config["tie_word_embeddings"] = False
     write_json(tmp / "config.json", config)
     generation_path = ckpt.folder / "generation_config.json"
     if generation_path.is_file():
@@ -144,8 +168,10 @@ def write_config_files(ckpt: Checkpoint, tmp: Path, rows: int, old_tok: "PreTrai
 
 def write_model_files(ckpt: Checkpoint, tmp: Path, new: NewTables, rows: int, old_tok: "PreTrainedTokenizerFast",
                       new_tok: "PreTrainedTokenizerFast", max_shard_bytes: int) -> dict[str, str]:
-    checksums = write_checkpoint(ckpt, tmp, new.tables, max_shard_bytes)
-    write_config_files(ckpt, tmp, rows, old_tok, new_tok)
+    replace = {name: t for name, t in new.tables.items() if name in ckpt.tensors}
+    added = {name: t for name, t in new.tables.items() if name not in ckpt.tensors}   # an untied head
+    checksums = write_checkpoint(ckpt, tmp, replace, max_shard_bytes, extra=added)
+    write_config_files(ckpt, tmp, rows, old_tok, new_tok, untie=new.untie_head)
     new_tok.save_pretrained(str(tmp))
     if new.token_map is not None:
         new.token_map.save(tmp / TOKEN_MAP_NAME)
@@ -210,7 +236,9 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
     carried = adopt_special_tokens(new_tok, old_tok)
     check_chat_template(old_tok, new_tok)
     new = build_tables(cfg, old_tables, old_tok, new_tok)
-    if names.output and names.tied:   # a tied checkpoint that stores the head anyway: keep them equal
+    if cfg.method == "distill":
+        refine_by_distillation(cfg, source, names, new, old_tok, new_tok)
+    elif names.output and names.tied:   # a tied checkpoint that stores the head anyway: keep them equal
         new.tables[names.output] = new.tables[names.input]
     rows = new.tables[names.input].shape[0]
     del old_tables
@@ -225,7 +253,8 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
             "old_vocab": len(old_tok), "new_vocab": len(new_tok), "rows": rows, "checkpoint_rows": stored_rows,
             "tied": names.tied,
             "provenance": new.provenance, "special_tokens_carried": carried,
-            "surgery_seconds": round(time.perf_counter() - start, 3), "surgery_peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+            "surgery_seconds": round(time.perf_counter() - start, 3),
+            "surgery_peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
             "largest_shard_mb": round(ckpt.largest_shard_bytes / 2**20, 1),
             "embedding_tables_mb": round(sum(t.numel() * t.element_size() for t in new.tables.values()) / 2**20, 1)}
         if new.method_stats:

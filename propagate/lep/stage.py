@@ -174,7 +174,8 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
         metrics: dict[str, Any] = {
             "method": cfg.method, "fits": fits, "fit_rows_from": map_source, "rows": rows,
             "tokens": len(vocab.tokenizer), "instruct_rows_copied": len(vocab.instruct_rows),
-            "added_from_instruct": vocab.carried, "token_map": resolved.source, "tied": "head" not in names["I"] and not untie,
+            "added_from_instruct": vocab.carried, "token_map": resolved.source,
+            "tied": "head" not in names["I"] and not untie,
             "bytes_written": sum(f.stat().st_size for f in tmp.glob("model*.safetensors")),
             "largest_shard_bytes": ckpts["I"].largest_shard_bytes,
             "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),

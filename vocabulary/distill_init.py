@@ -1,0 +1,225 @@
+"""`lingraft init --method distill`: the mean map's rows refined by the original model.
+
+1. Passages of the corpus are tokenised both ways and aligned (token_alignment).
+2. The new *input* rows are distilled: the frozen body reading the new tokenisation must
+   predict, at every aligned position, what the original model predicts reading the old one.
+3. The new *output* rows are fitted by cross-entropy on the body's final states over the new
+   tokenisation (distill_math.fit_output_rows). A tied checkpoint gets its head untied: rows
+   trained as inputs make poor outputs, and one table cannot be both.
+
+The token map (mean of pieces) stays the provenance record: it is where every row started,
+and LEP conversion fits its linear map on T-mapped rows of B and I, which does not depend on
+how A's rows were refined afterwards.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import torch
+
+from lingraft.data_prep.readers import iter_texts
+from lingraft.evaluation.bpc import start_token_id
+from lingraft.errors import LingraftError
+from lingraft.log import get_logger, progress
+from lingraft.vocabulary.distill_math import (
+    FitData,
+    HeadFeatures,
+    Passage,
+    RowSplit,
+    distillation_loss,
+    fit_output_rows,
+    pad_batch,
+    prepare_fit,
+    unit_direction,
+)
+from lingraft.vocabulary.token_alignment import aligned_positions, token_byte_lengths
+from lingraft.vocabulary.token_matching import OldSegmenter, describe_vocabulary
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+    from lingraft.vocabulary.init_config import InitConfig
+
+log = get_logger(__name__)
+
+
+@dataclass
+class DistilledTables:
+    input: torch.Tensor               # (rows, d) the new input table
+    output: torch.Tensor              # (rows, d) the new head
+    stats: dict[str, Any]
+
+
+def text_windows(texts: Iterator[str], chars: int) -> Iterator[str]:
+    """Consecutive windows of about `chars` characters, cut at whitespace, leading space removed."""
+    for text in texts:
+        start = 0
+        while start < len(text):
+            end = min(len(text), start + chars)
+            if end < len(text):
+                cut = text.rfind(" ", start + chars // 2, end)
+                end = cut if cut > start else end
+            window = text[start:end].strip()
+            if window:
+                yield window
+            start = end
+
+
+def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
+                   start_ids: tuple[int, int]) -> list[Passage]:
+    """`cfg.distill_passages` windows of the corpus, sampled evenly, tokenised and aligned both ways."""
+    windows = [w for path in cfg.corpus for w in text_windows(iter_texts(path, cfg.corpus_field),
+                                                                cfg.distill_passage_chars)]
+    if not windows:
+        raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
+    random.Random(cfg.seed).shuffle(windows)
+    windows = windows[:cfg.distill_passages]
+    old_len, new_len = token_byte_lengths(old_tok), token_byte_lengths(new_tok)
+    old_start, new_start = start_ids
+    old_len[old_start] = new_len[new_start] = 0        # read like a document start, as bpc scores it
+    old_enc = old_tok(windows, add_special_tokens=False)["input_ids"]
+    new_enc = new_tok(windows, add_special_tokens=False)["input_ids"]
+    passages = []
+    for old_ids, new_ids in zip(old_enc, new_enc):
+        old = np.array([old_start, *old_ids], dtype=np.int64)
+        new = np.array([new_start, *new_ids], dtype=np.int64)
+        old_pos, new_pos = aligned_positions(old, new, old_len, new_len)
+        # the last aligned pair is the end of the text: nothing follows it to predict
+        passages.append(Passage(torch.from_numpy(old), torch.from_numpy(new), old_pos[:-1], new_pos[:-1]))
+    return passages
+
+
+def trainable_rows(provenance: list[str]) -> RowSplit:
+    """Rows that are not an old token kept as it was (or a special token) are learnt."""
+    return RowSplit.from_mask(torch.tensor([p not in ("kept", "special") for p in provenance]))
+
+
+def _body(model: "PreTrainedModel"):
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+
+    def body(embeds: torch.Tensor) -> torch.Tensor:
+        return inner(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    return body
+
+
+def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, head: torch.Tensor,
+                       split: RowSplit, passages: list[Passage]) -> tuple[torch.Tensor, dict[str, Any]]:
+    teacher_table = model.get_input_embeddings().weight.detach()
+    body = _body(model)
+    rows = torch.nn.Parameter(table[split.ids].clone())
+    optim = torch.optim.Adam([rows], lr=cfg.distill_lr)
+    order = random.Random(cfg.seed + 1)
+    first = last = math.nan
+    positions = 0
+    start = time.perf_counter()
+    with progress(total=cfg.distill_steps, desc="distil input rows", unit="step") as bar:
+        for step in range(cfg.distill_steps):
+            batch = order.sample(passages, min(cfg.distill_batch_size, len(passages)))
+            loss, count = distillation_loss(body, teacher_table, head, table, rows, split, batch)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            last, positions = loss.item(), positions + count
+            first = last if step == 0 else first
+            bar.update(1)
+            bar.set_postfix(kl=f"{last:.3f}")
+    seconds = time.perf_counter() - start
+    log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s)", first, last,
+             cfg.distill_steps, positions / max(seconds, 1e-9))
+    out = table.clone()
+    out[split.ids] = rows.detach().to(table.dtype)
+    return out, {"kl_first": round(first, 4), "kl_last": round(last, 4), "steps": cfg.distill_steps,
+                 "aligned_positions": positions, "seconds": round(seconds, 1)}
+
+
+@torch.no_grad()
+def collect_states(model: "PreTrainedModel", table: torch.Tensor, passages: list[Passage],
+                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body's final states over every passage's new tokenisation, and each next token."""
+    body = _body(model)
+    hidden, targets = [], []
+    for start in progress(range(0, len(passages), batch_size), desc="states for the head fit", unit="batch"):
+        batch = passages[start:start + batch_size]
+        states = body(torch.nn.functional.embedding(pad_batch([p.new_ids for p in batch]), table))
+        for b, p in enumerate(batch):
+            hidden.append(states[b, :p.new_ids.numel() - 1])
+            targets.append(p.new_ids[1:])
+    return torch.cat(hidden), torch.cat(targets)
+
+
+def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
+                 ) -> torch.Tensor:
+    """The old id of each learnt token's first piece (the old tokenizer's model on its bytes)."""
+    new_vocab = describe_vocabulary(new_tok)
+    segment = OldSegmenter(old_tok, describe_vocabulary(old_tok))
+    first = []
+    for i in split.ids.tolist():
+        pieces = segment(new_vocab.piece_bytes.get(i, b""))
+        first.append(pieces[0] if pieces else -1)
+    return torch.tensor(first, dtype=torch.int64)
+
+
+def fit_head(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, head: torch.Tensor,
+             old_head: torch.Tensor, first: torch.Tensor, split: RowSplit,
+             passages: list[Passage]) -> tuple[torch.Tensor, dict[str, Any]]:
+    start = time.perf_counter()
+    hidden, targets = collect_states(model, table, passages, cfg.distill_batch_size)
+    data: FitData = prepare_fit(hidden, targets, head, split)
+    mean_rows = head[split.ids]
+    # a token with no old segmentation (an added token) starts from its mean row instead
+    first_rows = torch.where((first >= 0).unsqueeze(1), old_head[first.clamp(min=0)], mean_rows)
+    features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden))
+    seen = torch.unique(data.target_local[data.target_local >= 0]).numel()
+    curve: list[tuple[float, float]] = []
+    rows = fit_output_rows(data, features, cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size,
+                           cfg.seed, on_epoch=lambda epoch, loss, held: curve.append((round(loss, 4), round(held, 4))))
+    out = head.clone()
+    out[split.ids] = rows.to(head.dtype)
+    seconds = time.perf_counter() - start
+    log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions; %d of %d learnt rows "
+             "occur as targets (%.1f s)", curve, data.hidden.shape[0], seen, split.ids.numel(), seconds)
+    return out, {"cross_entropy_by_epoch": curve, "positions": int(data.hidden.shape[0]),
+                 "rows_seen_as_target": int(seen), "rows_never_seen": int(split.ids.numel() - seen),
+                 "seconds": round(seconds, 1)}
+
+
+def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, head_table: torch.Tensor,
+                   provenance: list[str], old_tok: "PreTrainedTokenizerFast",
+                   new_tok: "PreTrainedTokenizerFast") -> DistilledTables:
+    """Refine the mean-initialised tables with the original model at `source` (see module doc)."""
+    from transformers import AutoModelForCausalLM
+    rows = len(new_tok)
+    split = trainable_rows(provenance)
+    passages = build_passages(cfg, old_tok, new_tok, (start_token_id(old_tok), start_token_id(new_tok)))
+    aligned = sum(p.new_pos.numel() for p in passages)
+    log.info("distillation corpus: %d passages, %d new tokens, %d aligned positions, %d learnt rows",
+             len(passages), sum(p.new_ids.numel() for p in passages), aligned, split.ids.numel())
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    model.requires_grad_(False)
+    model.eval()
+    # The original head scores B's vocabulary; the new vocabulary's frozen rows are those same rows.
+    old_head = model.get_output_embeddings().weight.detach()
+    table = input_table[:rows].to(torch.float32)
+    head = head_table[:rows].to(torch.float32)
+    stats: dict[str, Any] = {"passages": len(passages), "aligned_positions": aligned,
+                             "learnt_rows": int(split.ids.numel())}
+    if cfg.distill_steps:
+        table, stats["input"] = distill_input_rows(cfg, model, table, old_head, split, passages)
+    first = first_pieces(split, old_tok, new_tok)
+    head, stats["output"] = fit_head(cfg, model, table, head, old_head, first, split, passages)
+    del model
+    return DistilledTables(input=_restore(input_table, table), output=_restore(head_table, head), stats=stats)
+
+
+def _restore(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`rows` written over the first rows of `padded` (padding rows unchanged), in its dtype."""
+    out = padded.clone()
+    out[:rows.shape[0]] = rows.to(padded.dtype)
+    return out
