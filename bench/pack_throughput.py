@@ -1,21 +1,23 @@
 """Packing throughput: `prep pack` on all of RusLit (37 M characters) with the Llama-3 tokenizer.
 
-Compared, in the same run and on the same texts, with
-  (a) the raw tokenizer's `encode_batch` on the texts already in memory, its Rust thread pool
-      sized to the same number of cores (the reference the ratio uses), and `encode_batch_fast`
-      (no offsets; what the packer calls), reported beside it;
+Compared, in the same run, on the same texts and with the same tokenizer threads, with
+  (a) the limit: the raw tokenizer's `encode_batch_fast` (ids only, the call the packer
+      makes) on the texts already in memory, its Rust thread pool sized to --threads;
   (b) the usual recipe: `datasets.Dataset.from_list(...).map(tokenize, batched=True,
-      num_proc=N)` followed by `group_texts` into 1024-token blocks (as in transformers'
-      run_clm.py).
-Packing is timed end to end (`run_pack`: checking the parts, loading the tokenizer, starting
-the workers, tokenizing, writing and hashing the shards, the manifest); producing the clean
-parts with `prep clean` beforehand is not timed. Token counts exclude the EOS the packer adds,
-so all three count the same tokens. The best of --repeats interleaved runs counts for each.
-Both ratios are time ratios on the same token count (higher is better for packing).
+      num_proc=--threads)` followed by `group_texts` into 1024-token blocks (as in
+      transformers' run_clm.py).
+Packing runs with --workers processes of --threads // workers tokenizer threads each (one
+worker: threads of the packing process itself) and is timed end to end (`run_pack`:
+checking the parts, loading the tokenizer, starting workers, reading, tokenizing, writing
+and hashing the shards, the manifest); producing the clean parts with `prep clean`
+beforehand is not timed. Token counts exclude the EOS the packer adds, so all three count
+the same tokens. The three run interleaved, --repeats times (load from other jobs hits all
+alike); each reports the median, the spread and the 1-minute load average around its runs.
+Ratios are ratios of median times on the same token count (higher is better for packing).
 
-    .venv/bin/python bench/pack_throughput.py [--workers 2] [--repeats 2]
+    .venv/bin/python bench/pack_throughput.py [--threads 2] [--workers 1] [--repeats 3]
 
-The last line is JSON: {"ratio_vs_raw_tokenizer", "ratio_vs_hf_recipe", "tokens_per_s"}.
+The last line is JSON: {"ratio_vs_encode_batch_fast", "ratio_vs_hf_recipe", "tokens_per_s"}.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from itertools import chain
@@ -50,10 +53,9 @@ def _clean_parts(tmp: Path) -> Path:
     return run_clean(cfg)
 
 
-def _raw(backend, texts: list[str], fast: bool) -> tuple[int, float, float]:
-    encode = backend.encode_batch_fast if fast else backend.encode_batch
+def _raw(backend, texts: list[str]) -> tuple[int, float, float]:
     start, cpu = time.perf_counter(), _cpu_seconds()
-    encodings = encode(texts, add_special_tokens=False)
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     return sum(len(e) for e in encodings), seconds, cpu
 
@@ -96,14 +98,27 @@ def _hf_recipe(tok, texts: list[str], workers: int, cache: Path) -> tuple[int, f
     return len(grouped) * BLOCK, seconds, cpu
 
 
+def _summary(runs: list[tuple[int, float, float, float]]) -> dict[str, float]:
+    """Median, spread and load of (tokens, seconds, cpu_seconds, load_1m) runs."""
+    seconds = [run[1] for run in runs]
+    return {"median_s": round(statistics.median(seconds), 2), "min_s": round(min(seconds), 2),
+            "max_s": round(max(seconds), 2), "cpu_s": round(statistics.median(run[2] for run in runs), 2),
+            "load_1m": [round(run[3], 2) for run in runs]}
+
+
+def _timed(step, *args) -> tuple[int, float, float, float]:
+    tokens, seconds, cpu = step(*args)
+    return tokens, seconds, cpu, os.getloadavg()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="tokenizer threads for every method")
+    parser.add_argument("--workers", type=int, default=1, help="packing processes (threads // workers threads each)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers/llama3/tokenizer.json.xz"))
     args = parser.parse_args()
-    # The raw tokenizer gets as many Rust threads as packing gets worker processes.
-    os.environ["RAYON_NUM_THREADS"] = str(args.workers)
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
     from lingraft.data_prep.readers import iter_texts
@@ -117,30 +132,23 @@ def main() -> None:
         texts = [text for part in sorted(clean.glob("part_*.jsonl")) for text in iter_texts(str(part))]
         tok = load_tokenizer(args.tokenizer)
         backend = tok.backend_tokenizer
-        raw_fast, raw_plain, packs, hf = [], [], [], []
+        fast, packs, hf = [], [], []
         for i in range(args.repeats):   # interleaved, so load from other jobs hits all alike
-            raw_fast.append(_raw(backend, texts, fast=True))
-            raw_plain.append(_raw(backend, texts, fast=False))
-            packs.append(_pack(clean, tmp / "packed", args.tokenizer, args.workers))
-            hf.append(_hf_recipe(tok, texts, args.workers, tmp / f"hf{i}"))
-            print(f"repeat {i}: encode_batch_fast {raw_fast[-1][1]:.2f}s, encode_batch {raw_plain[-1][1]:.2f}s, "
-                  f"pack {packs[-1][1]:.2f}s, hf recipe {hf[-1][1]:.2f}s", flush=True)
-        n_tokens = raw_fast[0][0]
-        assert all(run[0] == n_tokens for run in raw_fast + raw_plain + packs), "token counts differ"
-        (_, raw_s, raw_cpu), (_, fast_s, fast_cpu), (_, pack_s, pack_cpu), (hf_tokens, hf_s, hf_cpu) = (
-            min(runs, key=lambda run: run[1]) for runs in (raw_plain, raw_fast, packs, hf))
-        detail = {"chars": sum(map(len, texts)), "docs": len(texts), "tokens": n_tokens, "workers": args.workers,
-                  "seconds": {"pack": round(pack_s, 2), "encode_batch": round(raw_s, 2),
-                              "encode_batch_fast": round(fast_s, 2), "hf_recipe": round(hf_s, 2)},
-                  "cpu_seconds": {"pack": round(pack_cpu, 2), "encode_batch": round(raw_cpu, 2),
-                                  "encode_batch_fast": round(fast_cpu, 2), "hf_recipe": round(hf_cpu, 2)},
-                  "ratio_vs_encode_batch_fast": round(fast_s / pack_s, 3),
-                  "tokens_per_s": {"encode_batch": round(n_tokens / raw_s), "encode_batch_fast": round(n_tokens / fast_s),
-                                   "hf_recipe": round(n_tokens / hf_s)},
-                  "hf_recipe_block_tokens": hf_tokens,
-                  "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+            fast.append(_timed(_raw, backend, texts))
+            packs.append(_timed(_pack, clean, tmp / "packed", args.tokenizer, args.workers))
+            hf.append(_timed(_hf_recipe, tok, texts, args.threads, tmp / f"hf{i}"))
+            print(f"repeat {i}: encode_batch_fast {fast[-1][1]:.2f}s, pack {packs[-1][1]:.2f}s, "
+                  f"hf recipe {hf[-1][1]:.2f}s, load {os.getloadavg()[0]:.2f}", flush=True)
+        n_tokens = fast[0][0]
+        assert all(run[0] == n_tokens for run in fast + packs), "token counts differ"
+        summary = {"encode_batch_fast": _summary(fast), "pack": _summary(packs), "hf_recipe": _summary(hf)}
+        fast_s, pack_s, hf_s = (summary[k]["median_s"] for k in ("encode_batch_fast", "pack", "hf_recipe"))
+        detail = {"chars": sum(map(len, texts)), "docs": len(texts), "tokens": n_tokens, "threads": args.threads,
+                  "workers": args.workers, "repeats": args.repeats, **summary,
+                  "paired_ratios_vs_encode_batch_fast": [round(f[1] / p[1], 3) for f, p in zip(fast, packs)],
+                  "hf_recipe_block_tokens": hf[0][0], "cpu_count": os.cpu_count()}
         print(json.dumps(detail))
-        print(json.dumps({"ratio_vs_raw_tokenizer": round(raw_s / pack_s, 3),
+        print(json.dumps({"ratio_vs_encode_batch_fast": round(fast_s / pack_s, 3),
                           "ratio_vs_hf_recipe": round(hf_s / pack_s, 3),
                           "tokens_per_s": round(n_tokens / pack_s)}))
     finally:

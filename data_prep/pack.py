@@ -1,10 +1,17 @@
 """`lingraft prep pack`: tokenize cleaned parts into packed, indexed token shards.
 
-Work split: input part k becomes shard k. On one node a process pool tokenizes several
-parts at once (each worker reads its part file itself and writes its shard itself, so
-neither text nor token lists cross a pipe, only a small summary). Across nodes, when
-launched under `mpirun`, rank r packs the shards with k % world == r; rank 0 writes the
-manifest once every rank has finished.
+Work split: input part k becomes shard k. This process reads the parts in order, cuts long
+documents into pieces at paragraph starts where that cannot change a token (`pack_seams`),
+and hands batches of about `batch_chars` characters to the tokenizer workers
+(`pack_encode`), a bounded number at a time, so that reading, tokenizing and writing
+overlap and no worker waits on one long document or one large part. Results come back in
+input order and are joined into documents; each finished shard is written and hashed by a
+writer thread while the next is tokenized. The bytes are those of tokenizing every
+document whole, one after another (tests/test_pack_identity.py). Across nodes, under
+`mpirun`, rank r packs the shards with k % world == r, each rank with its own workers; a
+shard's bytes depend only on its part, the tokenizer and the settings, never on the rank
+count, so any number of ranks gives the output of one process. Rank 0 writes the manifest
+once every rank has finished.
 
 Resume: every shard's files are written atomically and its done record (with the files'
 sha256 and a key of every setting that shapes its bytes) last. A restarted run skips the
@@ -15,31 +22,27 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from multiprocessing import get_context
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from lingraft.data_prep.pack_config import PackConfig
+from lingraft.data_prep.pack_encode import EncodedBatch, WorkerPool
+from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces
 from lingraft.data_prep.packed_format import (FORMAT, ShardBuilder, packed_outputs, read_valid_done, shard_name,
                                      token_dtype, write_done)
-from lingraft.atomic import TMP_PREFIX, clean_stale_tmp
+from lingraft.atomic import clean_stale_tmp
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
 from lingraft.manifest import ManifestError, new_manifest, read_manifest
-from lingraft.parent_watch import exit_with_parent
 
 log = get_logger(__name__)
-
-# The first non-blank character after a line break starts a paragraph: this covers both
-# blank-line-separated paragraphs and one-paragraph-per-line text.
-_PARAGRAPH_START = re.compile(r"\n\s*(?=\S)")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,6 @@ class EncodeSettings:
     bos_id: int | None
     eos_id: int | None
     dtype: str
-    batch_chars: int
 
 
 @dataclass(frozen=True)
@@ -61,41 +63,9 @@ class ShardTask:
     key: str          # hash of input part, tokenizer and settings; a done record must carry the same
 
 
-# ---------------------------------------------------------------- tokenizing one part
+# ---------------------------------------------------------------- reading and assembling
 
-_WORKER_TOKENIZER: Any = None
-
-
-def _init_worker(tokenizer_file: str, threads: int) -> None:
-    """Process-pool initializer: size the Rust thread pool before first use, then load the tokenizer."""
-    exit_with_parent()   # a killed `prep pack` must not leave workers packing and holding memory
-    os.environ["RAYON_NUM_THREADS"] = str(threads)
-    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-    os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
-    from tokenizers import Tokenizer
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer.from_file(tokenizer_file)
-
-
-def _pack_in_worker(task: ShardTask, settings: EncodeSettings) -> dict[str, Any]:
-    return pack_shard(task, settings, _WORKER_TOKENIZER)
-
-
-def paragraph_token_starts(text: str, encoding: Any) -> list[int]:
-    """Token offsets of the paragraphs of `text` (its first paragraph excluded), from the
-    encoding's character offsets: the document is tokenized whole, so the token stream is the
-    same in every `sample_start` mode. A paragraph starts at the token holding its first
-    character; a character no token covers (dropped by normalisation) yields no boundary,
-    which only removes one candidate sample start."""
-    starts = []
-    for match in _PARAGRAPH_START.finditer(text):
-        token = encoding.char_to_token(match.end())
-        if token:  # None: not covered; 0: the document start, a boundary anyway
-            starts.append(token)
-    return starts
-
-
-def _read_part(part: Path) -> Any:
+def _read_part(part: Path) -> Iterator[tuple[str, str]]:
     """(text, source) of every line of a clean part file."""
     with open(part, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -110,40 +80,114 @@ def _read_part(part: Path) -> Any:
             yield text, source
 
 
-def pack_shard(task: ShardTask, settings: EncodeSettings, tokenizer: Any) -> dict[str, Any]:
-    """Tokenize one part into one shard (data files, then the done record); return the record."""
-    started = time.perf_counter()
-    builder = ShardBuilder(np.dtype(settings.dtype), bos_id=settings.bos_id, eos_id=settings.eos_id)
-    paragraphs = settings.sample_start == "paragraph"
-    texts: list[str] = []
-    sources: list[str] = []
-    chars = 0
+@dataclass(frozen=True)
+class _Piece:
+    source: str
+    last: bool        # the document's last piece
 
-    def flush() -> None:
-        if paragraphs:  # offsets are needed to place paragraph starts
-            encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-            for text, enc, source in zip(texts, encodings, sources):
-                builder.add(enc.ids, boundaries=paragraph_token_starts(text, enc), source=source)
-        else:           # ids only: skips building offsets and string tokens
-            for enc, source in zip(tokenizer.encode_batch_fast(texts, add_special_tokens=False), sources):
-                builder.add(enc.ids, source=source)
-        texts.clear()
-        sources.clear()
 
-    for text, source in _read_part(task.part):
-        texts.append(text)
-        sources.append(source)
-        chars += len(text)
-        if chars >= settings.batch_chars:
-            flush()
-            chars = 0
-    if texts:
-        flush()
+@dataclass(frozen=True)
+class _ShardEnd:
+    task: ShardTask
+
+
+@dataclass
+class _Batch:
+    texts: list[str] = field(default_factory=list)
+    items: list[_Piece | _ShardEnd] = field(default_factory=list)   # in input order
+    chars: int = 0
+
+
+class _Assembler:
+    """Joins tokenized pieces (in input order) into documents and documents into shards; hands
+    each finished shard to the writer thread."""
+
+    def __init__(self, settings: EncodeSettings, writer: ThreadPoolExecutor):
+        self.settings = settings
+        self.writer = writer
+        self.writes: list[Future] = []
+        self._builder = self._new_builder()
+        self._started = time.perf_counter()
+        self._ids: list[Any] = []
+        self._boundaries: list[int] = []
+        self._length = 0
+
+    def _new_builder(self) -> ShardBuilder:
+        s = self.settings
+        return ShardBuilder(np.dtype(s.dtype), bos_id=s.bos_id, eos_id=s.eos_id)
+
+    def take(self, batch: _Batch, result: EncodedBatch | None) -> None:
+        offset, k = 0, 0
+        for item in batch.items:
+            if isinstance(item, _ShardEnd):
+                self.writes.append(self.writer.submit(_write_shard, self._builder, item.task, self.settings,
+                                                      self._started))
+                self._builder, self._started = self._new_builder(), time.perf_counter()
+                continue
+            n = result.lengths[k]
+            if self._length:      # a cut: the piece starts a paragraph of the document
+                self._boundaries.append(self._length)
+            if result.paragraphs is not None:
+                self._boundaries.extend(self._length + b for b in result.paragraphs[k])
+            self._ids.append(result.ids[offset:offset + n])
+            self._length += n
+            offset, k = offset + n, k + 1
+            if item.last:
+                ids = self._ids[0]
+                for more in self._ids[1:]:
+                    ids.extend(more)      # same typecode: a memory copy
+                self._builder.add(ids, boundaries=self._boundaries, source=item.source)
+                self._ids, self._boundaries, self._length = [], [], 0
+
+
+def _write_shard(builder: ShardBuilder, task: ShardTask, settings: EncodeSettings, started: float) -> dict[str, Any]:
     record = builder.write(task.out_dir, shard_name(task.index), settings.seq_len, settings.sample_start)
     record.update(part=task.part.name, key=task.key)
     write_done(task.out_dir, record)
     record["seconds"] = time.perf_counter() - started
     return record
+
+
+def pack_shards(tasks: list[ShardTask], settings: EncodeSettings, pool: WorkerPool, *, batch_chars: int,
+                cut_chars: int | None) -> list[dict[str, Any]]:
+    """Tokenize `tasks` (in order) through `pool` and write their shards; return the done records.
+    `cut_chars`: cut documents into pieces of about that many characters (None: never cut)."""
+    typecode = "H" if np.dtype(settings.dtype) == np.uint16 else "I"
+    paragraphs = settings.sample_start == "paragraph"
+    # Enough batches in flight that no worker waits for the next one, few enough to bound memory.
+    in_flight: deque[tuple[_Batch, Future | None]] = deque()
+    limit = 2 * pool.workers + 2
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-write") as writer, \
+            progress(total=len(tasks), desc="pack", unit="shard") as bar:
+        assembler = _Assembler(settings, writer)
+
+        def finish_oldest() -> None:
+            batch, future = in_flight.popleft()
+            assembler.take(batch, future.result() if future is not None else None)
+            bar.update(sum(isinstance(item, _ShardEnd) for item in batch.items))
+
+        def send(batch: _Batch) -> _Batch:
+            future = pool.submit(batch.texts, typecode, paragraphs) if batch.texts else None
+            in_flight.append((batch, future))
+            while len(in_flight) > limit:
+                finish_oldest()
+            return _Batch()
+
+        batch = _Batch()
+        for task in tasks:
+            for text, source in _read_part(task.part):
+                chunks = pieces(text, cut_points(text, cut_chars)) if cut_chars and len(text) > cut_chars else [text]
+                for j, chunk in enumerate(chunks):
+                    batch.texts.append(chunk)
+                    batch.items.append(_Piece(source, last=j == len(chunks) - 1))
+                    batch.chars += len(chunk)
+                    if batch.chars >= batch_chars:
+                        batch = send(batch)
+            batch.items.append(_ShardEnd(task))
+        send(batch)
+        while in_flight:
+            finish_oldest()
+        return [write.result() for write in assembler.writes]
 
 
 # ---------------------------------------------------------------- distribution
@@ -201,62 +245,9 @@ def _special_id(tok: Any, wanted: bool, override: str | None, attr: str) -> int 
 
 
 def _shard_key(settings: EncodeSettings, tokenizer_sha256: str, part_sha256: str) -> str:
+    # Batching and cutting documents change speed, never bytes, so they are not settings.
     fields = {"format": FORMAT, "part": part_sha256, "tokenizer": tokenizer_sha256, **settings.__dict__}
-    fields.pop("batch_chars")  # batching changes speed, never bytes
     return sha256_text(json.dumps(fields, sort_keys=True))
-
-
-class WorkerPool:
-    """Tokenizer processes for one node, one shard per task; each gets cores // workers Rust
-    threads. Tasks are submitted before the parent's remaining set-up (the manifest's
-    fingerprint), so that overlaps the tokenizing. With one worker, shards are packed in this
-    process and each batch is spread over all cores by the tokenizer's own thread pool."""
-
-    def __init__(self, backend: Any, tokenizer_json: str, workers: int, scratch: Path):
-        self.backend = backend
-        self.executor: ProcessPoolExecutor | None = None
-        self._file = scratch / f"{TMP_PREFIX}tokenizer.{os.getpid()}.json"
-        if workers > 1:
-            threads = max(1, len(os.sched_getaffinity(0)) // workers)
-            # The tokenizer goes through a file: a large spawn payload would block this process
-            # until each child had started and read it, one child after another.
-            self._file.write_text(tokenizer_json, encoding="utf-8")
-            # spawn, not fork: a forked child of a process that already used the Rust thread pool can hang.
-            self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                                initializer=_init_worker, initargs=(str(self._file), threads))
-        self._tasks: list[ShardTask] = []
-        self._futures: list[Any] = []
-        self._settings: EncodeSettings | None = None
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=exc[0] is None, cancel_futures=True)
-        self._file.unlink(missing_ok=True)
-
-    def submit(self, tasks: list[ShardTask], settings: EncodeSettings) -> None:
-        """Queue `tasks`, largest part first so the pool does not wait on one straggler at the end;
-        worker processes start on them at once."""
-        self._tasks = sorted(tasks, key=lambda t: -t.part.stat().st_size)
-        self._settings = settings
-        if self.executor is not None:
-            self._futures = [self.executor.submit(_pack_in_worker, task, settings) for task in self._tasks]
-
-    def results(self) -> list[dict[str, Any]]:
-        """The done records of the submitted tasks (packing them here when there is no pool)."""
-        records = []
-        with progress(total=len(self._tasks), desc="pack", unit="shard") as bar:
-            if self.executor is None:
-                for task in self._tasks:
-                    records.append(pack_shard(task, self._settings, self.backend))
-                    bar.update()
-            else:
-                for future in as_completed(self._futures):
-                    records.append(future.result())
-                    bar.update()
-        return records
 
 
 # ---------------------------------------------------------------- the stage
@@ -313,7 +304,7 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
     settings = EncodeSettings(seq_len=cfg.seq_len, sample_start=cfg.sample_start,
                               bos_id=_special_id(tok, cfg.bos, cfg.bos_token, "bos"),
                               eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"),
-                              dtype=token_dtype(len(tok)).name, batch_chars=cfg.batch_chars)
+                              dtype=token_dtype(len(tok)).name)
     tokenizer_json = backend.to_str()
     tokenizer_sha = sha256_text(tokenizer_json)
     tasks = [ShardTask(k, part, out, _shard_key(settings, tokenizer_sha, part_sha[part.name]))
@@ -323,10 +314,17 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
         log.info("resuming: %d of %d shards already done", len(records), len(tasks))
     done = {r["shard"] for r in records}
     todo = [t for t in tasks if shard_name(t.index) not in done]
-    with WorkerPool(backend, tokenizer_json, min(cfg.workers, max(1, len(todo))), out) as pool:
-        pool.submit(todo, settings)
-        fingerprint = tokenizer_fingerprint(tok)   # the manifest's; computed while the workers tokenize
-        records += pool.results()
+    # Workers start first: they load their tokenizer while this process parses its JSON.
+    with WorkerPool(backend, tokenizer_json, min(cfg.workers, max(1, len(todo))), out) as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-fingerprint") as side:
+        tokenizer_data = json.loads(tokenizer_json)
+        fingerprint = side.submit(tokenizer_fingerprint, tokenizer_data)   # the manifest's, beside tokenizing
+        cut_chars = cfg.split_chars if cuts_at_paragraphs(tokenizer_data) else None
+        if cut_chars is None:
+            log.info("documents are tokenized whole: cutting them is exact only for byte-level BPE "
+                     "tokenizers with a cl100k/Llama-3 or Qwen2 pre-tokenizer (data_prep/pack_seams.py)")
+        records += pack_shards(todo, settings, pool, batch_chars=cfg.batch_chars, cut_chars=cut_chars)
+        fingerprint = fingerprint.result()
     return RankResult(records, settings, fingerprint, len(tok))
 
 

@@ -31,12 +31,17 @@ class PackConfig:
     eos: bool = field(default=True, metadata={"help": "append the EOS token to every document"})
     bos_token: str | None = field(default=None, metadata={"help": "BOS token text when the tokenizer names none"})
     eos_token: str | None = field(default=None, metadata={"help": "EOS token text when the tokenizer names none"})
-    workers: int = field(default=1, metadata={"help": "tokenizer processes on this node (one part each at a time)"})
-    batch_chars: int = field(default=4_000_000, metadata={"help": "characters of text per encode_batch call"})
+    workers: int = field(default=1, metadata={"help": "tokenizer processes on this node"})
+    # Neither of these changes a byte of the output; they balance the work between threads and workers.
+    batch_chars: int = field(default=500_000, metadata={"help": "characters of text per tokenizer call"})
+    split_chars: int = field(default=50_000, metadata={
+        "help": "tokenize longer documents in pieces of about this size, cut at paragraph starts "
+                "(byte-level BPE tokenizers whose tokens cannot cross such a cut; others: never cut)"})
 
     def __post_init__(self) -> None:
         require(self.seq_len >= 1, "seq_len", f"must be >= 1, got {self.seq_len}")
         require(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         require(self.batch_chars >= 1, "batch_chars", f"must be >= 1, got {self.batch_chars}")
+        require(self.split_chars >= 1, "split_chars", f"must be >= 1, got {self.split_chars}")
         require((self.input is None) != (not self.sources), "input",
                 "set either input (a `prep clean` folder) or sources (cleaned first), not both")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lingraft.data_prep.clean_config import CleanConfig, CleanStageConfig, MixConfig, NearDedupConfig
 from lingraft.data_prep.clean_stage import run_clean
@@ -164,6 +165,10 @@ def test_mpi_ranks_give_identical_bytes(shared, clean_dir, reference, tmp_path):
     assert manifest["metrics"]["ranks"] == 2
     assert _shard_bytes(out) == _shard_bytes(reference)
     assert _comparable(manifest) == _comparable(read_manifest(reference))
+    # Hence the same samples in the same order: a shard's bytes depend on its part alone, never on the ranks.
+    from lingraft.data_prep.dataset import PackedDataset
+    for a, b in zip(PackedDataset(out, seed=3), PackedDataset(reference, seed=3), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -253,7 +258,7 @@ _POOL_PARENT = """
 import sys, time
 from pathlib import Path
 from tokenizers import Tokenizer, models
-from lingraft.data_prep.pack import WorkerPool
+from lingraft.data_prep.pack_encode import WorkerPool
 tokenizer = Tokenizer(models.WordLevel({"a": 0}, unk_token="a")).to_str()
 pool = WorkerPool(None, tokenizer, 2, Path(sys.argv[1]))
 busy = [pool.executor.submit(time.sleep, 300) for _ in range(4)]   # stands in for long shards
