@@ -143,6 +143,15 @@ def test_cli_nested_literal_and_defaults():
     assert cfg.part_chars == 4_000_000 and cfg.strict is False and cfg.clean.normalize == "NFC"
 
 
+def test_exponent_without_a_dot_is_a_float():
+    """YAML 1.1 reads 8e-1 as a string; a float field takes it as Python would."""
+    from lingraft.config import build_config
+    from lingraft.data_prep.clean_config import CleanStageConfig
+    cfg = build_config(CleanStageConfig, None, {"sources": ["a.jsonl"], "out": "o"},
+                       ["clean.near_dedup.threshold=8e-1"])
+    assert cfg.clean.near_dedup.threshold == 0.8
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--set", "clean.min_char=5"], "clean.min_char: unknown key (did you mean 'clean.min_chars'?)"),
     (["--part-chars", "many"], "part_chars: expected int, got 'many'"),
