@@ -5,8 +5,9 @@ One launch runs both trainings in the same process group (tests/train_runs.py):
   export must take them from the base model, bit for bit;
 - ZeRO-3, new_rows with tied tables: the gradient is partitioned across ranks, yet the old
   rows stay bit-identical because they are not a parameter at all.
-- bf16 on every stage (layers, LoRA, new_rows), and ZeRO-3's loss weighted by tokens
-  (2 samples x 1 step = 1 sample x 2 accumulation steps, on masked labels).
+- bf16 on every stage (layers, LoRA, new_rows), and the loss weighted by tokens under ZeRO-2
+  and ZeRO-3 (2 samples x 1 step = 1 sample x 2 accumulation steps = one local process, on
+  masked labels).
 ZeRO-2 in fp32 runs under mpirun (tests/test_train_mpi.py). No DeepSpeed C++ op may be compiled.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ BF16 = {"backend": "deepspeed", "precision": "bf16", "max_steps": 2}
 
 def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
     untied, tied = make_tiny_llama(tmp_path / "untied"), make_tiny_llama(tmp_path / "tied", tied=True)
-    data = write_packed_folder(tmp_path / "data")
+    data, masked = write_packed_folder(tmp_path / "data"), write_packed_folder(tmp_path / "masked", masked=True)
     configs = {
         "zero1": dist_run_config(untied, data, tmp_path / "zero1", backend="deepspeed", zero_stage=1,
                                  trainable="embeddings", **{"log.tensorboard": True}),
@@ -38,8 +39,8 @@ def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
                                            trainable="lora"),
         "zero3_bf16_new_rows": dist_run_config(tied, data, tmp_path / "zero3_bf16_new_rows", **BF16, zero_stage=3,
                                                trainable="new_rows", new_token_ids="10:20,70:96"),
-        **accumulation_pair(untied, write_packed_folder(tmp_path / "masked", masked=True), tmp_path,
-                            backend="deepspeed", zero_stage=3),
+        **accumulation_pair(untied, masked, tmp_path, name="zero2_acc", backend="deepspeed", zero_stage=2),
+        **accumulation_pair(untied, masked, tmp_path, name="zero3_acc", backend="deepspeed", zero_stage=3),
     }
     extensions = tmp_path / "torch_extensions"
     run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py",
@@ -51,7 +52,8 @@ def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
         assert [s for s, _ in steps] == [1, 2, 3, 4] and steps[-1][1] < steps[0][1], (name, steps)
     for name in ("zero1_bf16_layers", "zero2_bf16_lora", "zero3_bf16_new_rows"):
         assert [s for s, _ in losses(tmp_path / name)] == [1, 2], name
-    assert_same_steps(tmp_path)
+    assert_same_steps(tmp_path, "zero2_acc")
+    assert_same_steps(tmp_path, "zero3_acc")
     assert any((tmp_path / "zero1" / "tensorboard").iterdir())
 
     changed = export_and_compare(tmp_path / "zero1", untied, tmp_path / "hf1")

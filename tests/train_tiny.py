@@ -170,17 +170,17 @@ def dist_run_config(model: Path, data: Path, out_dir: Path, **overrides) -> dict
     return cfg
 
 
-def accumulation_pair(model: Path, masked_data: Path, folder: Path, **overrides) -> dict[str, dict]:
+def accumulation_pair(model: Path, masked_data: Path, folder: Path, name: str = "acc", **overrides) -> dict[str, dict]:
     """Two runs of one objective on data with masked labels: 2 samples x 1 micro-batch per
-    step, and 1 sample x 2 accumulation steps (`assert_same_steps` compares them)."""
+    step, and 1 sample x 2 accumulation steps (`assert_same_steps(folder, name)` compares them)."""
     common = {"trainable": "full", "max_steps": 2, **overrides}
-    return {"acc_2x1": dist_run_config(model, masked_data, folder / "acc_2x1", micro_batch_size=2,
-                                       grad_accum_steps=1, **common),
-            "acc_1x2": dist_run_config(model, masked_data, folder / "acc_1x2", micro_batch_size=1,
-                                       grad_accum_steps=2, **common)}
+    return {f"{name}_2x1": dist_run_config(model, masked_data, folder / f"{name}_2x1", micro_batch_size=2,
+                                           grad_accum_steps=1, **common),
+            f"{name}_1x2": dist_run_config(model, masked_data, folder / f"{name}_1x2", micro_batch_size=1,
+                                           grad_accum_steps=2, **common)}
 
 
-def assert_same_steps(folder: Path) -> None:
+def assert_same_steps(folder: Path, name: str = "acc") -> None:
     """The 2-rank runs of `accumulation_pair` logged the same losses and gradient norms, and so
     does one local process reading all 4 samples of each step at once (run here, in-process):
     the global order gives rank r samples r, r+2, ..., so both read the same 4 per step."""
@@ -191,12 +191,12 @@ def assert_same_steps(folder: Path) -> None:
     from lingraft.train.config import TrainConfig
     from lingraft.train.loop import train
     from lingraft.train.metrics_log import read_metrics
-    local = yaml.safe_load((folder / "acc_2x1.yaml").read_text())
-    local.update(backend="local", micro_batch_size=4, out_dir=str(folder / "acc_local"))
+    local = yaml.safe_load((folder / f"{name}_2x1.yaml").read_text())
+    local.update(backend="local", micro_batch_size=4, out_dir=str(folder / f"{name}_local"))
     local.pop("zero_stage", None)
     local["launch"]["nproc_per_node"] = 1
     train(build_config(TrainConfig, overrides=local))
-    runs = [read_metrics(folder / name) for name in ("acc_2x1", "acc_1x2", "acc_local")]
+    runs = [read_metrics(folder / f"{name}_{run}") for run in ("2x1", "1x2", "local")]
     assert [len(rows) for rows in runs] == [2, 2, 2]
     for first, *others in zip(*runs):
         for other in others:
