@@ -167,8 +167,10 @@ def worker(config_path: Path, result: Path, before: bool, steps: int) -> None:
             fsdp_backend.FSDPBackend.wrap = _legacy_fsdp_wrap
     else:
         model, _ = build_model(cfg, runtime)
+    model_peak = peak_rss()          # before the engine (FSDP2 fills its shards while wrapping)
     backend = build_backend(cfg, model, runtime, dist)
-    out = {"rank": dist.rank, "load_s": time.perf_counter() - start, "ready_peak_rss": peak_rss(),
+    out = {"rank": dist.rank, "load_s": time.perf_counter() - start, "model_peak_rss": model_peak,
+           "ready_peak_rss": peak_rss(),
            "held_ready": held_bytes(backend.model, backend.optimizer)}
     vocab = int(model.config.vocab_size)
     batch = {"input_ids": torch.randint(0, vocab, (1, 64)), "labels": torch.randint(0, vocab, (1, 64)),
@@ -220,6 +222,7 @@ def summary(ranks: list[dict], idle: int, checkpoint_bytes: int) -> dict:
     worst = max(ranks, key=lambda r: r["ready_peak_rss"])
     out = {"rss_per_rank_over_checkpoint": round((worst["ready_peak_rss"] - idle) / checkpoint_bytes, 3),
            "ready_peak_rss_gib": [round(r["ready_peak_rss"] / 2**30, 2) for r in ranks],
+           "model_peak_over_checkpoint": round((worst["model_peak_rss"] - idle) / checkpoint_bytes, 3),
            "load_s": round(max(r["load_s"] for r in ranks), 1), "held_ready": worst["held_ready"]}
     if "held_after_steps" in worst:
         out.update(held_after_steps=worst["held_after_steps"], collectives_per_step=worst["collectives_per_step"],
@@ -234,6 +237,7 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also measure the load this change replaced")
     parser.add_argument("--fsdp-placement", choices=["node", "replicate"], default="node")
     parser.add_argument("--zero3-placement", choices=["node", "replicate"], default="node")
+    parser.add_argument("--engines", default="fsdp,deepspeed_zero3", help="comma-separated: fsdp, deepspeed_zero3")
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "lingraft_load_memory")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -246,7 +250,9 @@ def main() -> None:
     model = workdir / "model"
     checkpoint_bytes = make_checkpoint(model, args.size)
     report = {"size": args.size, "checkpoint_gib": round(checkpoint_bytes / 2**30, 2)}
-    for engine, placement in (("fsdp", args.fsdp_placement), ("deepspeed_zero3", args.zero3_placement)):
+    placements = {"fsdp": args.fsdp_placement, "deepspeed_zero3": args.zero3_placement}
+    for engine in args.engines.split(","):
+        placement = placements[engine]
         idle = idle_peak_rss(engine)
         report[engine] = summary(measure(workdir, model, engine, placement, False, args.steps), idle, checkpoint_bytes)
         report[engine].update(placement=placement, idle_peak_rss_gib=round(idle / 2**30, 2))
