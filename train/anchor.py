@@ -116,11 +116,12 @@ class SharedTokens:
     ref_cols: torch.Tensor      # (n,) their reference ids
 
     @classmethod
-    def from_pairs(cls, model_ids: torch.Tensor, ref_ids: torch.Tensor, model_vocab: int, ref_vocab: int) -> "SharedTokens":
+    def from_pairs(cls, model_ids: torch.Tensor, ref_ids: torch.Tensor, model_vocab: int, ref_vocab: int,
+                   setting: str = "anchor") -> "SharedTokens":
         if model_ids.numel() == 0:
-            raise LingraftError("anchor: the model and the reference share no token; tokens=shared has nothing to compare")
+            raise LingraftError(f"{setting}: the model and the reference share no token; there is nothing to compare")
         if int(model_ids.max()) >= model_vocab or int(ref_ids.max()) >= ref_vocab:
-            raise LingraftError(f"anchor: a shared id is outside the vocabularies ({model_vocab} model, "
+            raise LingraftError(f"{setting}: a shared id is outside the vocabularies ({model_vocab} model, "
                                 f"{ref_vocab} reference ids)")
         to_ref = torch.full((model_vocab,), -1, dtype=torch.int64)
         to_ref[model_ids] = ref_ids
@@ -144,15 +145,20 @@ def shared_from_token_map(path: Path, model_vocab: int, ref_vocab: int) -> Share
     if tmap.new_vocab != model_vocab or tmap.old_vocab != ref_vocab:
         raise LingraftError(f"anchor.token_map: {path} maps {tmap.new_vocab} -> {tmap.old_vocab} tokens, but the "
                             f"model has {model_vocab} and the reference {ref_vocab}")
+    return SharedTokens.from_pairs(*token_map_pairs(tmap), model_vocab, ref_vocab)
+
+
+def token_map_pairs(tmap) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new ids, old ids) of the rows that copy exactly one old row (provenance kept/special)."""
     single = (tmap.indptr[1:] - tmap.indptr[:-1]) == 1
     model_ids = torch.nonzero(copies_old_row(tmap) & single).flatten()
-    return SharedTokens.from_pairs(model_ids, tmap.indices[tmap.indptr[model_ids]], model_vocab, ref_vocab)
+    return model_ids, tmap.indices[tmap.indptr[model_ids]]
 
 
-def shared_from_ranges(spec: str, model_vocab: int, ref_vocab: int) -> SharedTokens:
+def shared_from_ranges(spec: str, model_vocab: int, ref_vocab: int, setting: str = "anchor") -> SharedTokens:
     """Ids that kept their id in both vocabularies (an extended tokenizer): identity pairs."""
     ids = torch.unique(torch.cat([torch.arange(lo, hi) for lo, hi in parse_id_ranges(spec)]))
-    return SharedTokens.from_pairs(ids, ids, model_vocab, ref_vocab)
+    return SharedTokens.from_pairs(ids, ids, model_vocab, ref_vocab, setting)
 
 
 # -- the anchor as the loss sees it -----------------------------------------------------------

@@ -115,6 +115,30 @@ class AnchorConfig:
 
 
 @dataclass
+class DistillConfig:
+    """loss = ce_weight * CE + weight * KL(p_teacher ‖ p_model) at positions where the teacher's
+    tokenisation and the model's end a token at the same byte (train/distill.py)."""
+    weight: float = 0.0                      # 0: no distillation, no teacher loaded
+    ce_weight: float = 1.0                   # 1: beside the cross-entropy; 0: instead of it
+    teacher: Path | None = None              # default: the source model named in <model>/manifest.json (init)
+    teacher_tokenizer: str | None = None     # default: the old tokenizer init used, else the teacher folder
+    shared_ids: str | None = None            # ids both vocabularies share as they are, e.g. 0:49152
+    token_map: Path | None = None            # default: <model>/token_map.safetensors (kept/special rows)
+
+    def __post_init__(self) -> None:
+        for key in ("weight", "ce_weight"):
+            value = getattr(self, key)
+            require(value >= 0 and value != float("inf"), f"distill.{key}", "must be finite and >= 0")
+        require(self.shared_ids is None or self.token_map is None, "distill.shared_ids",
+                "give either shared_ids or token_map, not both")
+        if self.shared_ids is not None:
+            try:
+                parse_id_ranges(self.shared_ids)
+            except ValueError as exc:
+                require(False, "distill.shared_ids", str(exc))
+
+
+@dataclass
 class LoraConfig:
     """trainable=lora: low-rank adapters (peft) on `target_modules` of the chosen blocks (train/lora.py)."""
     r: int = 8
@@ -186,6 +210,7 @@ class TrainConfig:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     frozen_body: FrozenBodyConfig = field(default_factory=FrozenBodyConfig)
 
     def __post_init__(self) -> None:
@@ -211,3 +236,8 @@ class TrainConfig:
         require(self.backend == "deepspeed" or self.ds_config is None, "ds_config",
                 f"only used with backend=deepspeed (backend is {self.backend!r})")
         require(self.ds_config is None or self.ds_config.is_file(), "ds_config", f"{self.ds_config}: file not found")
+        require(self.distill.weight == 0 or self.trainable in ("embeddings", "new_rows"), "distill.weight",
+                f"distillation trains the tables under a frozen body: trainable=embeddings or new_rows "
+                f"(trainable is {self.trainable!r})")
+        require(self.distill.weight > 0 or self.distill.ce_weight == 1, "distill.ce_weight",
+                "only used with distill.weight > 0 (ce_weight 0 and weight 0 would train nothing)")

@@ -7,7 +7,7 @@ the samples an uninterrupted run would have seen next.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -26,14 +26,20 @@ class SampleSource(Protocol):
 
 
 class BatchStream:
-    """Stacks samples into micro-batches on `device`; starts a new epoch when the data ends."""
+    """Stacks samples into micro-batches on `device`; starts a new epoch when the data ends.
+
+    `extend` adds tensors computed from the stacked CPU batch (the distillation teacher's
+    tokens, train/distill_batch.py); it must depend on the batch alone, so resuming needs no state of its own.
+    """
 
     KEYS = ("input_ids", "labels", "position_ids")
 
-    def __init__(self, source: SampleSource, micro_batch_size: int, device: torch.device) -> None:
+    def __init__(self, source: SampleSource, micro_batch_size: int, device: torch.device,
+                 extend: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
         self.source = source
         self.micro_batch_size = micro_batch_size
         self.device = device
+        self.extend = extend
         self.epoch = 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -55,8 +61,10 @@ class BatchStream:
 
     def next_micro_batch(self) -> dict[str, torch.Tensor]:
         samples = [self._next_sample() for _ in range(self.micro_batch_size)]
-        return {key: torch.stack([torch.as_tensor(s[key], dtype=torch.int64) for s in samples]).to(self.device)
-                for key in self.KEYS}
+        batch = {key: torch.stack([torch.as_tensor(s[key], dtype=torch.int64) for s in samples]) for key in self.KEYS}
+        if self.extend is not None:
+            batch.update(self.extend(batch))
+        return {key: value.to(self.device) for key, value in batch.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "source": self.source.state_dict()}

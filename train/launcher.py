@@ -71,6 +71,8 @@ def preflight(cfg: TrainConfig) -> None:
     if cfg.backend == "deepspeed":
         fill_ds_config(cfg, world, bf16=False, hidden_size=model_config.hidden_size)
     check_strategy_fits(cfg, world)
+    from lingraft.train.distill import teacher_inputs
+    teacher_inputs(cfg)          # distillation: the teacher and both tokenizers load (no-op without it)
 
 
 def launcher_for(cfg: TrainConfig) -> str:

@@ -22,6 +22,7 @@ from lingraft.train.trainer_checkpoint import (
 from lingraft.train.config import TrainConfig
 from lingraft.train.data import BatchStream, SampleSource, check_data_matches_model, open_packed
 from lingraft.train.dist import DistInfo, all_reduce_sum, init_distributed
+from lingraft.train.distill import teacher_inputs
 from lingraft.train.flops import (
     GradPlan,
     ModelShape,
@@ -120,9 +121,11 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
     if source_factory is _default_source:     # in-memory sources (tests) carry no manifest
         check_data_matches_model(Path(cfg.data), Path(cfg.model), model_config.vocab_size)
 
+    # The distillation teacher's tokenisation; a missing teacher or tokenizer fails here, before the model loads.
+    teacher_tokens = teacher_inputs(cfg)
     model, split = build_model(cfg, runtime)
     backend = build_backend(cfg, model, runtime, dist)
-    stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device)
+    stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device, extend=teacher_tokens)
 
     meta = run_meta(cfg, split, runtime, model_config)
     step, last_good = 0, None

@@ -19,15 +19,20 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 
+def token_bytes(tok: "PreTrainedTokenizerFast") -> list[bytes]:
+    """The running text each id stands for, as bytes; special tokens stand for none (they are markup)."""
+    vocab = describe_vocabulary(tok)
+    out = [b""] * vocab.size
+    for i, piece in vocab.piece_bytes.items():
+        out[i] = piece
+    for i, content in vocab.added.items():
+        out[i] = b"" if i in vocab.special else content.encode("utf-8")
+    return out
+
+
 def token_byte_lengths(tok: "PreTrainedTokenizerFast") -> np.ndarray:
     """Bytes of running text each id stands for; special tokens stand for none (they are markup)."""
-    vocab = describe_vocabulary(tok)
-    lengths = np.zeros(vocab.size, dtype=np.int64)
-    for i, piece in vocab.piece_bytes.items():
-        lengths[i] = len(piece)
-    for i, content in vocab.added.items():
-        lengths[i] = 0 if i in vocab.special else len(content.encode("utf-8"))
-    return lengths
+    return np.array([len(piece) for piece in token_bytes(tok)], dtype=np.int64)
 
 
 def aligned_positions(old_ids: np.ndarray, new_ids: np.ndarray, old_lengths: np.ndarray,
@@ -39,8 +44,12 @@ def aligned_positions(old_ids: np.ndarray, new_ids: np.ndarray, old_lengths: np.
     so a leading start token in both sequences is a pair too. When several tokens end at the same
     byte (zero-length markup), the last of each is used: that is the state that predicts the text.
     """
-    old_ends = np.cumsum(old_lengths[old_ids])
-    new_ends = np.cumsum(new_lengths[new_ids])
+    return aligned_ends(np.cumsum(old_lengths[old_ids]), np.cumsum(new_lengths[new_ids]))
+
+
+def aligned_ends(old_ends: np.ndarray, new_ends: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """`aligned_positions` from each token's end offset (non-decreasing byte counts), for callers
+    whose offsets are not plain sums of per-id lengths (a tokenizer's dummy prefix taken off)."""
     old_last = _last_index_per_end(old_ends)
     new_last = _last_index_per_end(new_ends)
     common = np.intersect1d(old_last[0], new_last[0], assume_unique=True)

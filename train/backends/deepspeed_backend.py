@@ -16,6 +16,7 @@ from lingraft.train.anchor import build_anchor
 from lingraft.train.backends.base import StepResult, global_step_loss
 from lingraft.train.config import TrainConfig
 from lingraft.train.dist import DistInfo, skip_deepspeed_shm_build
+from lingraft.train.distill import build_distiller
 from lingraft.train.ds_config import fill_ds_config
 from lingraft.train.frozen_body import persist_frozen
 from lingraft.train.loss import StepTokens, micro_batch_loss
@@ -39,6 +40,8 @@ class DeepSpeedBackend:
             persist_frozen(self.model, self.optimizer, cfg)   # frozen_body.placement=replicate
         self.anchor = build_anchor(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
                                    runtime.attention, wrap=lambda ref: wrap_reference(ref, ds_config))
+        self.distill = build_distiller(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
+                                       runtime.attention, wrap=lambda ref: wrap_reference(ref, ds_config))
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> StepResult:
         losses = []
@@ -46,7 +49,7 @@ class DeepSpeedBackend:
         tokens = StepTokens.of_step(micro_batches, self.anchor, self.runtime.device)
         for i, batch in enumerate(micro_batches):
             loss = micro_batch_loss(self.engine, batch, self.runtime.attention, self.cfg.doc_mask,
-                                    anchor=self.anchor, step=tokens)
+                                    anchor=self.anchor, step=tokens, distill=self.distill)
             # Each share is already divided by the step's global token count (train/loss.py): no
             # 1/gradient_accumulation_steps, and ×world_size against ZeRO's averaging over ranks.
             self.engine.backward(loss * self.engine.dp_world_size, scale_wrt_gas=False)
@@ -55,6 +58,8 @@ class DeepSpeedBackend:
                 self.engine.step()            # not a boundary: only advances DeepSpeed's counters
         mean_loss = global_step_loss(losses, self.runtime.device)   # raises before the update on NaN/inf
         metrics = self.anchor.step_metrics(mean_loss, self.runtime.device) if self.anchor else {}
+        if self.distill:
+            metrics.update(self.distill.step_metrics(tokens.distill_pairs, self.runtime.device))
         lr = self.scheduler.get_last_lr()[0]
         self.engine.step()
         norm = self.engine.get_global_grad_norm()

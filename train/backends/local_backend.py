@@ -15,6 +15,7 @@ from lingraft.train.anchor import build_anchor
 from lingraft.train.backends.base import StepResult, global_step_loss, trainable_named_parameters
 from lingraft.train.config import TrainConfig
 from lingraft.train.dist import DistInfo
+from lingraft.train.distill import build_distiller
 from lingraft.train.loss import StepTokens, micro_batch_loss
 from lingraft.train.model_setup import Runtime, weights_dtype
 from lingraft.train.optim import build_optimizer, build_scheduler, optimizer_state_bytes
@@ -29,6 +30,9 @@ class LocalBackend:
         # The frozen reference of anchor.weight > 0, wrapped (sharded) the same way as the model.
         self.anchor = build_anchor(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
                                    runtime.attention, wrap=self.wrap)
+        # The teacher of distill.weight > 0, likewise (train/distill.py).
+        self.distill = build_distiller(cfg, model.config.vocab_size, runtime.device, weights_dtype(cfg, runtime),
+                                       runtime.attention, wrap=self.wrap)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.max_steps)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -58,7 +62,7 @@ class LocalBackend:
         for batch in micro_batches:
             with self.autocast():
                 loss = micro_batch_loss(self.model, batch, self.runtime.attention, self.cfg.doc_mask,
-                                        anchor=self.anchor, step=tokens)
+                                        anchor=self.anchor, step=tokens, distill=self.distill)
             (loss * self.grad_average_over).backward()
             losses.append(loss.detach())
         try:
@@ -67,6 +71,8 @@ class LocalBackend:
             self.optimizer.zero_grad(set_to_none=True)
             raise
         metrics = self.anchor.step_metrics(mean_loss, self.runtime.device) if self.anchor else {}
+        if self.distill:
+            metrics.update(self.distill.step_metrics(tokens.distill_pairs, self.runtime.device))
         grad_norm = self.grad_norm_and_clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
