@@ -174,7 +174,7 @@ def fit_head(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, h
     mean_rows = head[split.ids]
     # a token with no old segmentation (an added token) starts from its mean row instead
     first_rows = torch.where((first >= 0).unsqueeze(1), old_head[first.clamp(min=0)], mean_rows)
-    features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden))
+    features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden), input=table[split.ids])
     seen = torch.unique(data.target_local[data.target_local >= 0]).numel()
     curve: list[tuple[float, float]] = []
     rows = fit_output_rows(data, features, cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size,

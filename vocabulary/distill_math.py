@@ -124,6 +124,8 @@ class HeadFeatures:
     first: torch.Tensor   # (n, d) B's head row of the token's first old piece
     mean: torch.Tensor    # (n, d) the mean of its pieces' rows (the token map applied to the head)
     unit: torch.Tensor    # (d,) a direction with h·unit ≈ 1 on the fit states: turns a scalar into a logit offset
+    input: torch.Tensor | None = None   # (n, d) the token's own input row: lets copying (attention moving a
+    #                                     token's embedding forward) find the token's output row
 
 
 def unit_direction(hidden: torch.Tensor) -> torch.Tensor:
@@ -133,13 +135,13 @@ def unit_direction(hidden: torch.Tensor) -> torch.Tensor:
 
 
 class HeadMap(torch.nn.Module):
-    """Learnt head rows ``first·A + mean·M + u + offset_t·unit``.
+    """Learnt head rows ``first·A + mean·M + input·C + u + offset_t·unit``.
 
     The two d×d maps and u are shared by every new token, so the few hundred thousand
     parameters are fitted from tens of thousands of positions and carry over to tokens the
     corpus never showed; the per-token offset is the only free parameter per token (a
     log-prior: new tokens absorb their first piece's continuations, so their logit needs
-    its own level). Starts at the first-piece rows (A = I, M = 0, u = 0, offset = 0).
+    its own level). Starts at the first-piece rows (A = I, M = C = 0, u = 0, offset = 0).
     """
 
     def __init__(self, features: HeadFeatures) -> None:
@@ -148,16 +150,19 @@ class HeadMap(torch.nn.Module):
         self.features = features
         self.first_map = torch.nn.Parameter(torch.eye(d))
         self.mean_map = torch.nn.Parameter(torch.zeros(d, d))
+        self.input_map = torch.nn.Parameter(torch.zeros(d, d)) if features.input is not None else None
         self.shift = torch.nn.Parameter(torch.zeros(d))
         self.offset = torch.nn.Parameter(torch.zeros(features.first.shape[0]))
 
     def rows(self) -> torch.Tensor:
         f = self.features
-        return f.first @ self.first_map + f.mean @ self.mean_map + self.shift + self.offset[:, None] * f.unit
+        rows = f.first @ self.first_map + f.mean @ self.mean_map + self.shift + self.offset[:, None] * f.unit
+        return rows if self.input_map is None else rows + f.input @ self.input_map
 
     def penalty(self) -> torch.Tensor:
         eye = torch.eye(self.first_map.shape[0])
-        return (self.first_map - eye).pow(2).sum() + self.mean_map.pow(2).sum() + self.offset.pow(2).mean()
+        maps = (self.first_map - eye).pow(2).sum() + self.mean_map.pow(2).sum() + self.offset.pow(2).mean()
+        return maps if self.input_map is None else maps + self.input_map.pow(2).sum()
 
 
 def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: float, batch_size: int, seed: int,
