@@ -196,3 +196,59 @@ def test_the_init_manifest_names_the_teacher(pair):
     spec = resolve_teacher(run_config(pair, pair.student.parent / "unused", **{"distill.weight": 1.0}))
     assert str(spec.model) == str(pair.teacher) == manifest["inputs"]["model"]["path"]
     assert spec.tokenizer == str(pair.teacher)
+
+
+# -- 2 CPU ranks: DeepSpeed ZeRO-1/2/3 (a ZeRO-3 teacher partitioned by its own engine) and FSDP2 ----------
+
+def dist_configs(pair, folder, backend: str, runs: dict[str, dict]) -> list[str]:
+    from tests.train_tiny import dist_run_config, write_configs
+    common = {"backend": backend, "trainable": "new_rows", "optim.lr": 0.003, "distill.weight": 1.0,
+              "distill.ce_weight": 0.0}
+    return write_configs(folder, {name: dist_run_config(pair.student, pair.data, folder / name.split("_")[0],
+                                                        **common, **extra) for name, extra in runs.items()})
+
+
+def assert_old_rows_kept_and_kl_lowered(pair, run_dir, folder) -> None:
+    changed = export_and_compare(run_dir, pair.student, folder / "hf")
+    new = new_row_ids(pair)
+    assert changed["model.embed_tokens.weight"] and changed["model.embed_tokens.weight"] <= new
+    assert changed["lm_head.weight"] <= new
+    assert kl_on_fixed_batch(pair, folder / "hf") < 0.95 * kl_on_fixed_batch(pair, pair.student)
+
+
+@pytest.mark.slow
+def test_zero_stages_agree_and_zero3_resumes(pair, tmp_path):
+    from tests.train_tiny import free_port, run_launcher
+    configs = dist_configs(pair, tmp_path, "deepspeed", {
+        "z1": {"zero_stage": 1}, "z2": {"zero_stage": 2},
+        "z3_first": {"zero_stage": 3, "max_steps": 2}, "z3_second": {"zero_stage": 3}})
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py", *configs],
+                 timeout=600, TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"))
+    runs = {name: read_metrics(tmp_path / name) for name in ("z1", "z2", "z3")}
+    assert [r["step"] for r in runs["z3"]] == [1, 2, 3, 4]
+    for name in ("z2", "z3"):
+        for mine, ref in zip(runs[name], runs["z1"]):
+            assert mine["distill_pairs"] == ref["distill_pairs"] > 100
+            assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-4), (name, runs)
+    assert_old_rows_kept_and_kl_lowered(pair, tmp_path / "z3", tmp_path)
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process(pair, tmp_path):
+    import yaml
+
+    from lingraft.train.loop import train
+    from tests.train_tiny import run_launcher
+    configs = dist_configs(pair, tmp_path, "fsdp", {"fsdp": {}})
+    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py", *configs], timeout=600)
+    # One local process reading each step's 8 samples at once: rank r's micro-batches hold samples r, r+2, ...
+    local = yaml.safe_load(open(configs[0]))
+    local.update(backend="local", micro_batch_size=8, grad_accum_steps=1, out_dir=str(tmp_path / "local"))
+    local["launch"]["nproc_per_node"] = 1
+    train(build_config(TrainConfig, overrides=local))
+    rows, reference = read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "local")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for mine, ref in zip(rows, reference):
+        assert mine["distill_pairs"] == ref["distill_pairs"] > 100
+        assert mine["loss"] == pytest.approx(ref["loss"], rel=1e-4), (rows, reference)
+    assert_old_rows_kept_and_kl_lowered(pair, tmp_path / "fsdp", tmp_path)
