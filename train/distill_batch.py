@@ -16,6 +16,10 @@ bytes of the document, so both predict the same continuation.
   rewrite of the text (a normaliser) ends the pairing at the first differing byte.
 - A model position whose label is masked (prompt, padding) is not paired: the distillation
   judges the same predictions as the cross-entropy.
+- Documents are re-tokenised one by one and laid back to back in the teacher's row, position
+  ids restarting at each, so document masking applies to the teacher as to the model. With
+  doc_mask off the teacher reads the documents without the end-of-document token between
+  them (the model reads it): contexts past a document boundary then differ by that token.
 
 Runs on the CPU in the data stream (one batched tokenizer call per micro-batch, numpy for
 the rest); the result travels with the batch as three tensors (keys below).
