@@ -40,9 +40,11 @@ def streams_weights(cfg: TrainConfig) -> bool:
 def load_skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype) -> nn.Module:
     """The model before any engine wraps it: parameters on meta (FSDP2) or partitioned and
     filled (ZeRO-3); under new_rows the tables are real, ready to be split."""
+    from transformers import AutoConfig
     ckpt = open_checkpoint(cfg.model, verify_checksums=False)   # headers only: every rank reads them
+    config = AutoConfig.from_pretrained(cfg.model)
     zero3 = cfg.backend == "deepspeed"
-    model = _skeleton(cfg, runtime, dtype, _zero_init_config(cfg, runtime, ckpt) if zero3 else None)
+    model = _skeleton(config, runtime, dtype, _zero_init_config(cfg, runtime, config.hidden_size) if zero3 else None)
     if cfg.trainable == "new_rows":
         load_whole_tables(model, ckpt, dtype, runtime.device)
     if zero3:
@@ -50,15 +52,15 @@ def load_skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def _zero_init_config(cfg: TrainConfig, runtime, ckpt: Checkpoint) -> dict:
+def _zero_init_config(cfg: TrainConfig, runtime, hidden_size: int) -> dict:
     from lingraft.train.ds_config import fill_ds_config
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    return fill_ds_config(cfg, world, runtime.dtype == torch.bfloat16, int(ckpt.config["hidden_size"]))
+    return fill_ds_config(cfg, world, runtime.dtype == torch.bfloat16, hidden_size)
 
 
-def _skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype, zero_config: dict | None) -> nn.Module:
+def _skeleton(config, runtime, dtype: torch.dtype, zero_config: dict | None) -> nn.Module:
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     if zero_config is not None:
@@ -69,7 +71,6 @@ def _skeleton(cfg: TrainConfig, runtime, dtype: torch.dtype, zero_config: dict |
     else:
         # Buffers stay real: the rotary tables are computed, not stored in the checkpoint.
         where = init_empty_weights(include_buffers=False)
-    config = AutoConfig.from_pretrained(cfg.model)
     # Import the model's module first: zero.Init patches torch, and imports under it break.
     MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     with no_init_weights(), where:
