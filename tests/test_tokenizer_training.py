@@ -152,3 +152,23 @@ def test_like_mistral_obeys_its_digit_and_byte_fallback_rules(mistral, corpus):
     assert [t for t in tokens if t not in BYTE_PIECES and any(c.isdecimal() for c in t)] == list("19842048100003141812")
     assert "\n" in tokens                    # alone, never joined to the text around it
     assert_round_trip(tok)
+
+
+def test_like_a_digit_splitting_byte_level_base_still_merges_cyrillic(smollm2):
+    """A byte-level base that splits digits (SmolLM2): the digit rule must act on the text, not on
+    ByteLevel's byte characters, where the second bytes of "в", "м", "н", "о" look like "²", "¼",
+    "½", "¾" and would be split off, leaving Russian words unmergeable."""
+    from tokenizers import Tokenizer
+
+    from lingraft.vocabulary.loading import backend_json
+    from lingraft.vocabulary.training import _training_pre_tokenizer
+    base = load_tokenizer(smollm2)
+    pipeline = base_pipeline(base, [])
+    assert pipeline.rules.splits_digits
+    data = backend_json(base)
+    data["pre_tokenizer"] = _training_pre_tokenizer(pipeline)
+    pre = Tokenizer.from_str(json.dumps(data)).pre_tokenizer
+    words = "Мой дядя самых честных правил, в 1812 году"
+    pieces = [p for p, _ in pre.pre_tokenize_str(words)]
+    assert pieces == ["ÐľÐ¾Ð¹", "ĠÐ´ÑıÐ´Ñı", "ĠÑģÐ°Ð¼ÑĭÑħ", "ĠÑĩÐµÑģÑĤÐ½ÑĭÑħ", "ĠÐ¿ÑĢÐ°Ð²Ð¸Ð»", ",", "ĠÐ²", "Ġ",
+                      "1", "8", "1", "2", "ĠÐ³Ð¾Ð´Ñĥ"]

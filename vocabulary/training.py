@@ -153,7 +153,11 @@ def _training_pre_tokenizer(pipeline: Pipeline) -> dict | None:
     steps = [pipeline.pre_tokenizer] if pipeline.pre_tokenizer is not None else []
     if not (splits or pipeline.byte_level):
         steps.append({"type": "Split", "pattern": {"Regex": SPM_WORD_REGEX}, "behavior": "Isolated", "invert": False})
-    if pipeline.rules is not None:
+    if pipeline.rules is not None and pipeline.byte_level:
+        # Before the byte mapping: ByteLevel turns UTF-8 continuation bytes into characters such as
+        # "²" or "½", which a Digits step would split off (the second byte of "в", "м", "о" ...).
+        steps = training_splits(pipeline.rules) + steps
+    elif pipeline.rules is not None:
         steps += training_splits(pipeline.rules)
     if len(steps) <= 1:
         return steps[0] if steps else None
