@@ -224,7 +224,7 @@ def launch_env(**extra: str) -> dict[str, str]:
             "PYTHONPATH": str(REPO), "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}", **extra}
 
 
-def run_launcher(cmd: list[str], timeout: int = 300, **env: str) -> None:
+def run_launcher(cmd: list[str], timeout: int = 900, **env: str) -> None:
     import subprocess
 
     from tests.conftest import REPO
