@@ -10,8 +10,9 @@ SentencePiece BPE), so any text still encodes; every added/special token, on top
 (Llama-3's generation prompt needs ``assistant`` and ``ĊĊ``), counted in `keep`, so prompts
 encode exactly as the instruct model was trained on them. Base tokens are then taken by
 usage, each with its closure (the parts of the merge that builds it, recursively), while
-they fit; so exactly `keep` base model tokens stay and each is reachable by merges. A base merge survives iff its two parts and its result
-all stay. Kept tokens are re-numbered compactly in their old order, added tokens included
+they fit; so exactly `keep` base model tokens stay and each is reachable by merges. A base merge
+survives iff its two parts and its result all stay. Kept tokens are re-numbered compactly in
+their old order, added tokens included
 (Mistral's ``<unk> <s> </s>`` stay 0-2; Llama-3's specials follow the kept model tokens).
 
 Extension follows the rule of `vocabulary.extend`, with candidates ordered by how often
