@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 MODEL_ORDER = ["B", "I", "init", "A", "swap", "overlap", "conversion"]
-MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, mean init",
+MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, distilled init",
               "A": "init + new rows trained", "swap": "A -> I, swap", "overlap": "A -> I, overlap",
               "conversion": "A -> I, conversion"}
 
