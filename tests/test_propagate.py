@@ -94,7 +94,7 @@ def _family(root: Path, base_tok, new_tok_dir: Path, tied: bool):
     tiny_llama(root / "B", base_tok, tied)
     make_instruct(root / "B", root / "I", base_tok, maps)
     assert main(["init", "--model", str(root / "B"), "--tokenizer", str(new_tok_dir), "--out", str(root / "init"),
-                 "--method", "mean"]) == 0
+                 "--method", "mean", "--shrink-table", "true"]) == 0
     make_adapted(root / "init", root / "A")
     return root, maps
 
