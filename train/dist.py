@@ -115,6 +115,10 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Close the process group before the interpreter exits: a gloo worker thread still running
+    during finalisation can abort the rank ("terminate called without an active exception")."""
     if torch.distributed.is_initialized():
+        if wait_for_peers:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()

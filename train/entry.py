@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     # The deepspeed launcher appends --local_rank; the rank is read from LOCAL_RANK instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from lingraft.train.dist import shutdown
     from lingraft.train.loop import train
-    return run_command(TRAIN, args, prog, runner=train)
+    code = run_command(TRAIN, args, prog, runner=train)
+    shutdown(wait_for_peers=code == 0)   # a failed rank must not wait for peers that may never come
+    return code
 
 
 if __name__ == "__main__":
