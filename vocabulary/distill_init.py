@@ -17,6 +17,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+# Windows read from the corpus per window kept: enough for an even sample of a mixed corpus.
+SCAN_FACTOR = 50
+
 
 @dataclass
 class DistilledTables:
@@ -73,13 +77,18 @@ def text_windows(texts: Iterator[str], chars: int) -> Iterator[str]:
 
 def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
                    start_ids: tuple[int, int]) -> list[Passage]:
-    """`cfg.distill_passages` windows of the corpus, sampled evenly, tokenised and aligned both ways."""
-    windows = [w for path in cfg.corpus for w in text_windows(iter_texts(path, cfg.corpus_field),
-                                                                cfg.distill_passage_chars)]
-    if not windows:
-        raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
+    """`cfg.distill_passages` windows of the corpus, tokenised and aligned both ways.
+
+    A seeded uniform sample of the first SCAN_FACTOR × distill_passages windows: a cluster-sized
+    corpus is read only that far, never whole.
+    """
+    windows = list(islice((w for path in cfg.corpus for w in text_windows(iter_texts(path, cfg.corpus_field),
+                                                                          cfg.distill_passage_chars)),
+                          SCAN_FACTOR * cfg.distill_passages))
     random.Random(cfg.seed).shuffle(windows)
     windows = windows[:cfg.distill_passages]
+    if not windows:
+        raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
     old_len, new_len = token_byte_lengths(old_tok), token_byte_lengths(new_tok)
     old_start, new_start = start_ids
     old_len[old_start] = new_len[new_start] = 0        # read like a document start, as bpc scores it
@@ -91,8 +100,10 @@ def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_to
         new = np.array([new_start, *new_ids], dtype=np.int64)
         old_pos, new_pos = aligned_positions(old, new, old_len, new_len)
         # the last aligned pair is the end of the text: nothing follows it to predict
-        passages.append(Passage(torch.from_numpy(old), torch.from_numpy(new), old_pos[:-1], new_pos[:-1]))
+        if old_pos.numel() > 1:
+            passages.append(Passage(torch.from_numpy(old), torch.from_numpy(new), old_pos[:-1], new_pos[:-1]))
     return passages
+
 
 
 def trainable_rows(provenance: list[str]) -> RowSplit:
