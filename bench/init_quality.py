@@ -42,12 +42,13 @@ def eval_sets(work: Path) -> dict[str, str]:
 
 
 def bpc(model: str, sets: dict[str, str], max_chars: int, out: Path) -> dict[str, float]:
+    from lingraft.evaluation.results import read_result
     scores = {}
     for name, data in sets.items():
         result = out / f"bpc_{name}.json"
         lingraft("eval", "bpc", "--model", model, "--data", data, "--name", name, "--max-chars", max_chars,
                  "--max-length", 512, "--out", result)
-        scores[name] = json.loads(result.read_text())["metrics"]["bits_per_char"]
+        scores[name] = read_result(result)["bits_per_char"]
     return scores
 
 
