@@ -19,6 +19,7 @@ from lingraft.atomic import atomic_dir
 from lingraft.hf_folder import (
     CHECKSUM_KEY,
     Checkpoint,
+    EmbeddingNames,
     embedding_names,
     open_checkpoint,
     read_tensors,
@@ -48,9 +49,8 @@ from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 log = get_logger(__name__)
 
 
-def _table_names(ckpt: Checkpoint) -> dict[str, str]:
+def _table_names(names: EmbeddingNames) -> dict[str, str]:
     """{"input": name, "head": name} of the tables propagation rewrites; a tied model has no head."""
-    names = embedding_names(ckpt)
     return {"input": names.input, **({"head": names.output} if names.output and not names.tied else {})}
 
 
@@ -59,7 +59,7 @@ def _source_names(names: dict[str, str]) -> dict[str, str]:
     return {"input": names["input"], "head": names.get("head", names["input"])}
 
 
-def _output_names(ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]]) -> dict[str, str]:
+def _output_names(instruct: EmbeddingNames, folder: Path, names: dict[str, dict[str, str]]) -> dict[str, str]:
     """The tables the output gets, keyed by kind: I's own, plus a head of its own when A has one.
 
     A with an untied head (e.g. `init --method distill` on a tied model) going into a tied I
@@ -68,10 +68,9 @@ def _output_names(ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]]
     """
     out = dict(names["I"])
     if "head" in names["A"] and "head" not in out:
-        declared = embedding_names(ckpts["I"]).head
-        if not declared:
-            raise LingraftError(f"{ckpts['I'].folder}: A's head is untied but I's head tensor name is unknown")
-        out["head"] = declared
+        if not instruct.head:
+            raise LingraftError(f"{folder}: A's head is untied but I's head tensor name is unknown")
+        out["head"] = instruct.head
     return out
 
 
@@ -88,12 +87,12 @@ def _check_tokenizer_fits(ckpt: Checkpoint, names: dict[str, str], tokens: int) 
 
 
 def propagate_tables(cfg: PropagateConfig, ckpts: dict[str, Checkpoint], names: dict[str, dict[str, str]],
-                     vocab: OutputVocabulary, fit_on: TokenMap | None
+                     outputs: dict[str, str], vocab: OutputVocabulary, fit_on: TokenMap | None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The output tables, keyed by I's tensor names, and each fit's summary."""
     out_tables, fits = {}, {}
     rows_needed = len(vocab.tokenizer)
-    for kind, i_name in _output_names(ckpts, names).items():
+    for kind, i_name in outputs.items():
         read = {}
         for m in ("B", "A", "I"):
             source = _source_names(names[m])[kind]
@@ -129,7 +128,8 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     configs = {m: load_config(str(f), cfg.trust_remote_code) for m, f in folders.items()}
     check_compatible(configs["B"], configs["A"], configs["I"], (cfg.base, cfg.adapted, cfg.instruct))
     ckpts = {m: open_checkpoint(f) for m, f in folders.items()}
-    names = {m: _table_names(c) for m, c in ckpts.items()}
+    found = {m: embedding_names(c) for m, c in ckpts.items()}    # each reads the config once
+    names = {m: _table_names(f) for m, f in found.items()}
     toks = {m: load_tokenizer(f, cfg.trust_remote_code) for m, f in folders.items()}
     for m in folders:
         _check_tokenizer_fits(ckpts[m], names[m], len(toks[m]))
@@ -147,10 +147,11 @@ def run_propagate(cfg: PropagateConfig) -> dict[str, Any]:
     timings["prepare_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    tables, fits = propagate_tables(cfg, ckpts, names, vocab, fit_on)
+    outputs = _output_names(found["I"], ckpts["I"].folder, names)
+    tables, fits = propagate_tables(cfg, ckpts, names, outputs, vocab, fit_on)
     rows = tables[names["I"]["input"]].shape[0]
     untie = "head" in names["A"] and "head" not in names["I"]
-    tied_head = embedding_names(ckpts["I"]).output
+    tied_head = found["I"].output
     if "head" not in names["I"] and tied_head and not untie:   # tied, but the head is stored too: keep them equal
         tables[tied_head] = tables[names["I"]["input"]]
     timings["tables_s"] = time.perf_counter() - clock
