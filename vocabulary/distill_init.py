@@ -39,8 +39,8 @@ from lingraft.vocabulary.distill_math import (
     prepare_fit,
     unit_direction,
 )
-from lingraft.vocabulary.token_alignment import aligned_positions, token_byte_lengths
-from lingraft.vocabulary.token_matching import OldSegmenter, describe_vocabulary
+from lingraft.vocabulary.token_alignment import aligned_positions, byte_lengths
+from lingraft.vocabulary.token_matching import OldSegmenter, Vocabulary, describe_vocabulary
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -76,7 +76,7 @@ def text_windows(texts: Iterator[str], chars: int) -> Iterator[str]:
 
 
 def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
-                   start_ids: tuple[int, int]) -> list[Passage]:
+                   vocabs: tuple[Vocabulary, Vocabulary], start_ids: tuple[int, int]) -> list[Passage]:
     """`cfg.distill_passages` windows of the corpus, tokenised and aligned both ways.
 
     A seeded uniform sample of the first SCAN_FACTOR × distill_passages windows: a cluster-sized
@@ -89,7 +89,7 @@ def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_to
     windows = windows[:cfg.distill_passages]
     if not windows:
         raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
-    old_len, new_len = token_byte_lengths(old_tok), token_byte_lengths(new_tok)
+    old_len, new_len = byte_lengths(vocabs[0]), byte_lengths(vocabs[1])
     old_start, new_start = start_ids
     old_len[old_start] = new_len[new_start] = 0        # read like a document start, as bpc scores it
     old_enc = old_tok(windows, add_special_tokens=False)["input_ids"]
@@ -164,11 +164,11 @@ def collect_states(model: "PreTrainedModel", table: torch.Tensor, passages: list
     return torch.cat(hidden), torch.cat(targets)
 
 
-def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
+def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", vocabs: tuple[Vocabulary, Vocabulary],
                  ) -> torch.Tensor:
     """The old id of each learnt token's first piece (the old tokenizer's model on its bytes)."""
-    new_vocab = describe_vocabulary(new_tok)
-    segment = OldSegmenter(old_tok, describe_vocabulary(old_tok))
+    old_vocab, new_vocab = vocabs
+    segment = OldSegmenter(old_tok, old_vocab)
     first = []
     for i in split.ids.tolist():
         pieces = segment(new_vocab.piece_bytes.get(i, b""))
@@ -207,7 +207,8 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
     from transformers import AutoModelForCausalLM
     rows = len(new_tok)
     split = trainable_rows(provenance)
-    passages = build_passages(cfg, old_tok, new_tok, (start_token_id(old_tok), start_token_id(new_tok)))
+    vocabs = (describe_vocabulary(old_tok), describe_vocabulary(new_tok))   # described once, used twice
+    passages = build_passages(cfg, old_tok, new_tok, vocabs, (start_token_id(old_tok), start_token_id(new_tok)))
     aligned = sum(p.new_pos.numel() for p in passages)
     log.info("distillation corpus: %d passages, %d new tokens, %d aligned positions, %d learnt rows",
              len(passages), sum(p.new_ids.numel() for p in passages), aligned, split.ids.numel())
@@ -223,7 +224,7 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
                              "learnt_rows": int(split.ids.numel())}
     if cfg.distill_steps:
         table, stats["input"] = distill_input_rows(cfg, model, table, old_head, split, passages)
-    first = first_pieces(split, old_tok, new_tok)
+    first = first_pieces(split, old_tok, vocabs)
     head, stats["output"] = fit_head(cfg, model, table, head, old_head, first, split, passages)
     del model
     return DistilledTables(input=_restore(input_table, table), output=_restore(head_table, head), stats=stats)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lingraft.vocabulary.token_matching import describe_vocabulary
+from lingraft.vocabulary.token_matching import Vocabulary, describe_vocabulary
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 def token_bytes(tok: "PreTrainedTokenizerFast") -> list[bytes]:
     """The running text each id stands for, as bytes; special tokens stand for none (they are markup)."""
-    vocab = describe_vocabulary(tok)
+    return vocabulary_bytes(describe_vocabulary(tok))
+
+
+def vocabulary_bytes(vocab: Vocabulary) -> list[bytes]:
+    """`token_bytes` of an already described vocabulary."""
     out = [b""] * vocab.size
     for i, piece in vocab.piece_bytes.items():
         out[i] = piece
@@ -30,9 +34,9 @@ def token_bytes(tok: "PreTrainedTokenizerFast") -> list[bytes]:
     return out
 
 
-def token_byte_lengths(tok: "PreTrainedTokenizerFast") -> np.ndarray:
+def byte_lengths(vocab: Vocabulary) -> np.ndarray:
     """Bytes of running text each id stands for; special tokens stand for none (they are markup)."""
-    return np.array([len(piece) for piece in token_bytes(tok)], dtype=np.int64)
+    return np.array([len(piece) for piece in vocabulary_bytes(vocab)], dtype=np.int64)
 
 
 def aligned_positions(old_ids: np.ndarray, new_ids: np.ndarray, old_lengths: np.ndarray,
