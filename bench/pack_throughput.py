@@ -89,11 +89,16 @@ def _hf_recipe(tok, texts: list[str], workers: int, cache: Path) -> tuple[int, f
 
     datasets.disable_progress_bars()
     start, cpu = time.perf_counter(), _cpu_seconds()
-    ds = datasets.Dataset.from_list([{"text": t} for t in texts])
-    cache.mkdir(parents=True, exist_ok=True)
-    tokenized = ds.map(tokenize, batched=True, num_proc=workers, remove_columns=["text"],
-                       cache_file_name=str(cache / "tok.arrow"))
-    grouped = tokenized.map(group_texts, batched=True, num_proc=workers, cache_file_name=str(cache / "grp.arrow"))
+    try:
+        ds = datasets.Dataset.from_list([{"text": t} for t in texts])
+        cache.mkdir(parents=True, exist_ok=True)
+        tokenized = ds.map(tokenize, batched=True, num_proc=workers, remove_columns=["text"],
+                           cache_file_name=str(cache / "tok.arrow"))
+        grouped = tokenized.map(group_texts, batched=True, num_proc=workers, cache_file_name=str(cache / "grp.arrow"))
+    finally:
+        # `map(num_proc=...)` sets TOKENIZERS_PARALLELISM=false in this process before it forks,
+        # which would leave every later `encode_batch_fast` reference run on one thread.
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     return len(grouped) * BLOCK, seconds, cpu
 

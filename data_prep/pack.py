@@ -33,7 +33,7 @@ import numpy as np
 
 from lingraft.data_prep.pack_config import PackConfig
 from lingraft.data_prep.pack_encode import EncodedBatch, WorkerPool
-from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces
+from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces, seam_facts
 from lingraft.data_prep.packed_format import (FORMAT, ShardBuilder, packed_outputs, read_valid_done, shard_name,
                                      token_dtype, write_done)
 from lingraft.atomic import clean_stale_tmp
@@ -314,12 +314,12 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
         log.info("resuming: %d of %d shards already done", len(records), len(tasks))
     done = {r["shard"] for r in records}
     todo = [t for t in tasks if shard_name(t.index) not in done]
-    # Workers start first: they load their tokenizer while this process parses its JSON.
+    # Workers start first: they load their tokenizer while this process finishes its set-up;
+    # the manifest's fingerprint (a full parse of the JSON) is computed beside tokenizing.
     with WorkerPool(backend, tokenizer_json, min(cfg.workers, max(1, len(todo))), out) as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-fingerprint") as side:
-        tokenizer_data = json.loads(tokenizer_json)
-        fingerprint = side.submit(tokenizer_fingerprint, tokenizer_data)   # the manifest's, beside tokenizing
-        cut_chars = cfg.split_chars if cuts_at_paragraphs(tokenizer_data) else None
+        fingerprint = side.submit(lambda: tokenizer_fingerprint(json.loads(tokenizer_json)))
+        cut_chars = cfg.split_chars if cuts_at_paragraphs(seam_facts(backend)) else None
         if cut_chars is None:
             log.info("documents are tokenized whole: cutting them is exact only for byte-level BPE "
                      "tokenizers with a cl100k/Llama-3 or Qwen2 pre-tokenizer (data_prep/pack_seams.py)")

@@ -23,6 +23,7 @@ a paragraph start (`pack.paragraph_token_starts`), so paragraph boundaries survi
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # Alternatives in this order; only the digit run differs between the two.
@@ -32,8 +33,21 @@ _QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{
 SEAM_SAFE_PATTERNS = frozenset({_CL100K, _QWEN2})
 
 
+def seam_facts(backend: Any) -> dict[str, Any]:
+    """The parts of a `tokenizers.Tokenizer`'s JSON that `cuts_at_paragraphs` reads, taken from
+    its components: serialising the whole tokenizer (vocabulary and merges) takes a large one
+    most of a second, and the packer needs this answer before it tokenizes anything."""
+    def part(component: Any) -> Any:
+        return None if component is None else json.loads(component.__getstate__())
+    return {"normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
+            "model": {"type": type(backend.model).__name__, "dropout": getattr(backend.model, "dropout", None)},
+            "added_tokens": [{"content": t.content, "lstrip": t.lstrip}
+                             for t in backend.get_added_tokens_decoder().values()]}
+
+
 def cuts_at_paragraphs(tokenizer: dict[str, Any]) -> bool:
-    """Whether documents may be cut at paragraph starts for this tokenizer (its JSON as a dict)."""
+    """Whether documents may be cut at paragraph starts for this tokenizer (its JSON as a dict,
+    or the `seam_facts` of it)."""
     pre = tokenizer.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
     if tokenizer.get("normalizer") is not None or not steps or len(steps) != 2:

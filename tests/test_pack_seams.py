@@ -8,7 +8,7 @@ from itertools import islice
 
 import pytest
 
-from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces
+from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces, seam_facts
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
 from tests.test_pack_identity import CORNER_CASES
 
@@ -32,6 +32,19 @@ def test_only_byte_level_tokenizers_with_a_known_pattern_are_cut(shared, llama3)
     changed = json.loads(json.dumps(data))
     changed["normalizer"] = {"type": "NFC"}
     assert not cuts_at_paragraphs(changed)
+
+
+def test_seam_facts_give_the_full_json_answer(shared, llama3):
+    """The packer decides from the tokenizer's components, without serialising its vocabulary."""
+    from tokenizers import AddedToken
+    specs = ("tokenizers/gpt2", "tokenizers/mistral/mistral7b_v0.1_tokenizer.model",
+             "tokenizers/ruadapt_darulm_32k_bpe")
+    for tok in (llama3, *(load_tokenizer(shared / spec) for spec in specs)):
+        backend = tok.backend_tokenizer
+        assert cuts_at_paragraphs(seam_facts(backend)) == cuts_at_paragraphs(backend_json(tok))
+    backend = llama3.backend_tokenizer.__class__.from_str(llama3.backend_tokenizer.to_str())
+    backend.add_tokens([AddedToken("\n\n", special=False)])
+    assert not cuts_at_paragraphs(seam_facts(backend))
 
 
 def test_cuts_follow_a_line_break_and_precede_a_non_space():

@@ -21,6 +21,7 @@ import functools
 import json
 import lzma
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -112,19 +113,28 @@ def _from_pretrained(name: str, trust_remote_code: bool, exact: bool = False) ->
 
 
 def _from_tokenizer_json(path: Path) -> "PreTrainedTokenizerFast":
-    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    # Built from a file, not from a `tokenizers.Tokenizer` object: transformers deep-copies an
+    # object it is given, which for a 128k vocabulary costs as much as parsing the JSON again.
+    def from_file(file: Path) -> "PreTrainedTokenizerFast":
+        return PreTrainedTokenizerFast(tokenizer_file=str(file))
+
     try:
         if path.name.endswith(".xz"):
-            with lzma.open(path, "rt", encoding="utf-8") as fh:
-                text = fh.read()
+            with lzma.open(path, "rt", encoding="utf-8") as fh, \
+                    tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as plain:
+                plain.write(fh.read())
+                plain.flush()
+                tok = from_file(Path(plain.name))
         else:
-            text = path.read_text(encoding="utf-8")
-        backend = Tokenizer.from_str(text)
+            tok = from_file(path)
     except Exception as exc:  # I/O, xz, UTF-8 and JSON-schema errors all mean the same to the user
         raise LingraftError(f"{path}: not a readable tokenizers JSON ({type(exc).__name__}: {_first_line(exc)})") \
             from None
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **_template_bos(backend))
+    for name, token in _template_bos(tok.backend_tokenizer).items():
+        setattr(tok, name, token)
+    return tok
 
 
 def _template_bos(backend: Any) -> dict[str, str]:
