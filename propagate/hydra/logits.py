@@ -5,7 +5,7 @@ soft-capping that the architecture's `*ForCausalLM.forward` does after the LM he
 here too, or every probability (and sampling) differs from the plain model's: Cohere multiplies
 by `logit_scale`, Gemma-2/3 soft-cap at `final_logit_softcapping`, Granite divides by
 `logits_scaling`. Architectures not listed here are refused rather than silently wrong; each
-listed one is checked against the plain model in tests/test_hydra.py.
+listed one is checked against the plain model in tests/integration/test_hydra.py.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import pytest
 from lingraft.errors import LingraftError
 from lingraft.train.capacity import check_fits
 from lingraft.train.loop import train
-from tests.train_tiny import in_memory_source, make_tiny_llama, tiny_config, write_packed_folder
+from tests.integration.train_tiny import in_memory_source, make_tiny_llama, tiny_config, write_packed_folder
 
 GIB = 2**30
 

@@ -22,7 +22,7 @@ from lingraft.propagate.skillpack.skillpack_math import (
     unpack_int4,
 )
 from tests.helpers import all_tensors
-from tests.train_tiny import make_tiny_llama
+from tests.integration.train_tiny import make_tiny_llama
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 UNTOUCHED = "model.layers.1.mlp.down_proj.weight"
@@ -302,7 +302,7 @@ def test_language_pack_on_a_sibling_equals_propagate_conversion(shared, tmp_path
     from transformers import AutoTokenizer
 
     from tests.helpers import gpt2_with_chat_token, train_small_ru_tokenizer
-    from tests.test_propagate import make_adapted, make_instruct, tiny_llama, true_map
+    from tests.integration.test_propagate import make_adapted, make_instruct, tiny_llama, true_map
     base_tok = gpt2_with_chat_token(shared)
     new_tok = train_small_ru_tokenizer(shared, tmp_path / "ru", 1000, 200_000)
     tiny_llama(tmp_path / "B", base_tok, tied=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.train_tiny import VOCAB, make_tiny_llama, packed_samples
+from tests.integration.train_tiny import VOCAB, make_tiny_llama, packed_samples
 from lingraft.train.optim import build_optimizer
 from lingraft.train.config import OptimConfig
 from lingraft.train.split_vocab import VocabSplit, merge_rows, split_model_tables

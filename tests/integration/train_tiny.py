@@ -8,6 +8,9 @@ import torch
 
 VOCAB = 96
 SEQ = 32
+# Scripts that a launcher starts as files, several trainings (or load checks) per launch.
+TRAIN_RUNS = str(Path(__file__).with_name("train_runs.py"))
+LOAD_CHECK = str(Path(__file__).with_name("load_check.py"))
 
 
 def make_tiny_llama(path: Path, vocab: int = VOCAB, tied: bool = False, seed: int = 0) -> Path:
@@ -107,7 +110,7 @@ class StallingSource(ListSource):
             yield sample
 
 
-if __name__ == "__main__":   # python -m tests.train_tiny MODEL OUT_DIR '{"dotted.key": value}' STALL_AT_SAMPLE
+if __name__ == "__main__":   # python -m tests.integration.train_tiny MODEL OUT_DIR '{"dotted.key": value}' STALL_AT_SAMPLE
     import json
     import sys
 
@@ -152,7 +155,7 @@ def write_packed_folder(folder: Path, vocab: int = VOCAB, docs: int = 120, seq: 
     return folder
 
 
-# -- multi-process runs (tests/train_runs.py under deepspeed, torchrun or mpirun) ----------------
+# -- multi-process runs (TRAIN_RUNS under deepspeed, torchrun or mpirun) ------------------------------
 
 def dist_run_config(model: Path, data: Path, out_dir: Path, **overrides) -> dict:
     """A 2-rank CPU training config as YAML-ready dict; dotted keys override nested ones."""

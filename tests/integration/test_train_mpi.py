@@ -12,8 +12,8 @@ import shutil
 import pytest
 import yaml
 
-from tests.train_tiny import dist_run_config, export_and_compare, free_port, launch_env, losses, make_tiny_llama, \
-    write_packed_folder
+from tests.integration.train_tiny import dist_run_config, export_and_compare, free_port, launch_env, losses, \
+    make_tiny_llama, write_packed_folder
 
 pytestmark = pytest.mark.slow
 

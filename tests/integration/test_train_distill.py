@@ -17,7 +17,7 @@ from lingraft.train.distill import kl_at_pairs
 from lingraft.train.distill_batch import (PAIRS, TEACHER_IDS, TEACHER_POSITIONS, ByteTable, TeacherInputs,
                                           complete_prefix, document_segments, segment_pairs)
 from lingraft.train.metrics_log import read_metrics
-from tests.train_tiny import export_and_compare, losses
+from tests.integration.train_tiny import export_and_compare, losses
 
 CYR = "п".encode()                      # two bytes: b"\xd0\xbf"
 
@@ -98,12 +98,12 @@ def test_kl_at_pairs_is_teacher_to_model_on_the_shared_columns():
 
 @pytest.fixture(scope="module")
 def pair(shared, tmp_path_factory):
-    from tests.distill_tiny import make_distill_pair
+    from tests.integration.distill_tiny import make_distill_pair
     return make_distill_pair(shared, tmp_path_factory.mktemp("distill_pair"))
 
 
 def run_config(pair, out_dir, **overrides):
-    from tests.train_tiny import dist_run_config
+    from tests.integration.train_tiny import dist_run_config
     cfg = dist_run_config(pair.student, pair.data, out_dir, **{
         "backend": "local", "trainable": "new_rows", "max_steps": 6, "launch.nproc_per_node": 1,
         "checkpoint.every_steps": 3, "optim.lr": 0.002, **overrides})
@@ -201,7 +201,7 @@ def test_the_init_manifest_names_the_teacher(pair):
 # -- 2 CPU ranks: DeepSpeed ZeRO-1/2/3 (a ZeRO-3 teacher partitioned by its own engine) and FSDP2 ----------
 
 def dist_configs(pair, folder, backend: str, runs: dict[str, dict]) -> list[str]:
-    from tests.train_tiny import dist_run_config, write_configs
+    from tests.integration.train_tiny import dist_run_config, write_configs
     common = {"backend": backend, "trainable": "new_rows", "optim.lr": 0.003, "distill.weight": 1.0,
               "distill.ce_weight": 0.0}
     return write_configs(folder, {name: dist_run_config(pair.student, pair.data, folder / name.split("_")[0],
@@ -218,11 +218,11 @@ def assert_old_rows_kept_and_kl_lowered(pair, run_dir, folder) -> None:
 
 @pytest.mark.slow
 def test_zero_stages_agree_and_zero3_resumes(pair, tmp_path):
-    from tests.train_tiny import free_port, run_launcher
+    from tests.integration.train_tiny import TRAIN_RUNS, free_port, run_launcher
     configs = dist_configs(pair, tmp_path, "deepspeed", {
         "z1": {"zero_stage": 1}, "z2": {"zero_stage": 2},
         "z3_first": {"zero_stage": 3, "max_steps": 2}, "z3_second": {"zero_stage": 3}})
-    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py", *configs],
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN_RUNS, *configs],
                  timeout=600, TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"))
     runs = {name: read_metrics(tmp_path / name) for name in ("z1", "z2", "z3")}
     assert [r["step"] for r in runs["z3"]] == [1, 2, 3, 4]
@@ -238,9 +238,9 @@ def test_fsdp_matches_one_process(pair, tmp_path):
     import yaml
 
     from lingraft.train.loop import train
-    from tests.train_tiny import run_launcher
+    from tests.integration.train_tiny import TRAIN_RUNS, run_launcher
     configs = dist_configs(pair, tmp_path, "fsdp", {"fsdp": {}})
-    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py", *configs], timeout=600)
+    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", TRAIN_RUNS, *configs], timeout=600)
     # One local process reading each step's 8 samples at once: rank r's micro-batches hold samples r, r+2, ...
     local = yaml.safe_load(open(configs[0]))
     local.update(backend="local", micro_batch_size=8, grad_accum_steps=1, out_dir=str(tmp_path / "local"))

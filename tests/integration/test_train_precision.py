@@ -1,7 +1,7 @@
 """Local backend: every trainable mode in bf16 (CPU autocast), and a loss weighted by tokens.
 
-The distributed engines run the same checks in their launches (tests/test_train_fsdp.py,
-tests/test_train_deepspeed.py).
+The distributed engines run the same checks in their launches (tests/integration/test_train_fsdp.py,
+tests/integration/test_train_deepspeed.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from lingraft.train.loop import train
 from lingraft.train.metrics_log import read_metrics
-from tests.train_tiny import in_memory_source, make_tiny_llama, masked_source, tiny_config
+from tests.integration.train_tiny import in_memory_source, make_tiny_llama, masked_source, tiny_config
 
 MODES = {"embeddings": {}, "new_rows": {"new_token_ids": "10:20,70:96"},
          "layers": {"trainable_modules": ["model.layers.1"]}, "lora": {"lora.layers": [-1]}, "full": {}}

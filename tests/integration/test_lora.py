@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lingraft.errors import LingraftError
-from tests.train_tiny import in_memory_source, make_tiny_llama, packed_samples, tiny_config
+from tests.integration.train_tiny import in_memory_source, make_tiny_llama, packed_samples, tiny_config
 from lingraft.train.trainer_checkpoint import LATEST, checkpoint_root, latest_checkpoint
 from lingraft.train.loop import train
 from lingraft.train.model_setup import build_model, resolve_runtime

@@ -1,6 +1,6 @@
 """Loading without a full copy per rank, and the frozen body out of the way (2 CPU ranks).
 
-tests/load_check.py builds model and engine as training does, compares every gathered
+tests/integration/load_check.py builds model and engine as training does, compares every gathered
 parameter with `from_pretrained` bit for bit, counts the bytes each rank holds, and takes two
 optimizer steps. One torchrun launch for FSDP2, one deepspeed launch for ZeRO-3:
 - FSDP2, embeddings, bf16, placement=node: the frozen body is bf16 and each rank holds half
@@ -16,7 +16,8 @@ import json
 
 import pytest
 
-from tests.train_tiny import dist_run_config, free_port, make_tiny_llama, run_launcher, write_configs
+from tests.integration.train_tiny import LOAD_CHECK, dist_run_config, free_port, make_tiny_llama, run_launcher, \
+    write_configs
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ def test_fsdp_streams_shards_and_holds_a_bf16_frozen_body(tmp_path):
         "replicate": dist_run_config(tied, "unused", tmp_path / "replicate", backend="fsdp", trainable="new_rows",
                                      new_token_ids=NEW_IDS, **{"frozen_body.placement": "replicate"}),
     }
-    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/load_check.py",
+    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", LOAD_CHECK,
                   *write_configs(tmp_path, configs)])
     body, norm = _body_numel(untied)
 
@@ -89,7 +90,7 @@ def test_zero3_reads_partitions_and_persists_a_replicated_frozen_body(tmp_path):
                                            zero_stage=3, trainable="embeddings", precision="bf16",
                                            **{"frozen_body.placement": "replicate"}),
     }
-    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/load_check.py",
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), LOAD_CHECK,
                   *write_configs(tmp_path, configs)])
     body, _ = _body_numel(untied)
     _common_checks(_ranks(tmp_path / "zero3_new_rows"))

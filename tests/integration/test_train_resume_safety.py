@@ -12,7 +12,7 @@ from lingraft.train.loop import train
 from lingraft.train.metrics_log import read_metrics
 from lingraft.train.trainer_checkpoint import LATEST, STATE_FILE, _prune, checkpoint_root, latest_checkpoint, \
     save_checkpoint
-from tests.train_tiny import in_memory_source, make_tiny_llama, tiny_config
+from tests.integration.train_tiny import in_memory_source, make_tiny_llama, tiny_config
 
 ONE_RANK = DistInfo(rank=0, world_size=1, local_rank=0)
 

@@ -13,7 +13,7 @@ import torch
 
 from lingraft.errors import LingraftError
 from tests.conftest import REPO
-from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
+from tests.integration.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
 from lingraft.train.trainer_checkpoint import latest_checkpoint
 from lingraft.train.loop import train
 from lingraft.train.metrics_log import read_metrics
@@ -24,7 +24,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     overrides = {"max_steps": 6, "checkpoint.every_steps": 2, "trainable": "new_rows", "new_token_ids": "60:96"}
     # 4 samples per step: the victim completes step 5 (checkpoint at 4), then blocks inside step 6.
     env = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
-    victim = subprocess.Popen([sys.executable, "-m", "tests.train_tiny", str(model), str(tmp_path / "run"),
+    victim = subprocess.Popen([sys.executable, "-m", "tests.integration.train_tiny", str(model), str(tmp_path / "run"),
                                json.dumps(overrides), "20"], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -100,7 +100,7 @@ def test_config_errors_are_reported_before_launch(tmp_path, run_cli):
 
 
 def test_data_from_another_tokenizer_is_refused(tmp_path):
-    from tests.train_tiny import write_packed_folder
+    from tests.integration.train_tiny import write_packed_folder
     from lingraft.train.data import check_data_matches_model
     data = write_packed_folder(tmp_path / "data", vocab=200)
     with pytest.raises(LingraftError, match="vocabulary of 200 but the model has only 96"):

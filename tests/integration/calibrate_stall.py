@@ -1,4 +1,4 @@
-"""`python -m tests.calibrate_stall CONFIG`: `lingraft calibrate` whose second generation batch never
+"""`python -m tests.integration.calibrate_stall CONFIG`: `lingraft calibrate` whose second generation batch never
 returns, so a test can SIGKILL it mid-generation at a known point (the first batch durable)."""
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.train_tiny import dist_run_config, free_port, launch_env, losses, make_tiny_llama, write_packed_folder
+from tests.integration.train_tiny import dist_run_config, free_port, launch_env, losses, make_tiny_llama, write_packed_folder
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from lingraft.config import build_config
 from lingraft.pipeline import run_pipeline
 from lingraft.pipeline_config import PipelineConfig
 from tests.conftest import REPO
-from tests.train_tiny import free_port, launch_env, losses
+from tests.integration.train_tiny import free_port, launch_env, losses
 from lingraft.vocabulary.loading import load_tokenizer
 
 pytestmark = pytest.mark.slow

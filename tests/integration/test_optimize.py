@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lingraft.errors import LingraftError
-from tests.test_extend import BASES, MIXED, base_tokenizer, n_tokens, new_tokenizer, russian, ud_sentences
+from tests.integration.test_extend import BASES, MIXED, base_tokenizer, n_tokens, new_tokenizer, russian, ud_sentences
 from lingraft.vocabulary.bpe_surgery import atoms, merge_list, reachable
 from lingraft.vocabulary.vocab_map import read_vocab_map
 from lingraft.vocabulary.loading import backend_json, load_tokenizer

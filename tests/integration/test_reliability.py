@@ -60,7 +60,7 @@ def leftovers(parent: Path) -> list[str]:
 # -- propagation: SIGKILL and a full disk ----------------------------------------------------
 @pytest.fixture(scope="module")
 def family(shared, tmp_path_factory) -> Path:
-    from tests.test_propagate import _family
+    from tests.integration.test_propagate import _family
     tok_dir = train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru", 1000, 200_000)
     root, _ = _family(tmp_path_factory.mktemp("family"), gpt2_with_chat_token(shared), tok_dir, tied=False)
     return root
@@ -126,7 +126,7 @@ FILL_DISK_AFTER_FIRST_CHECKPOINT = """
 import json, resource, signal, sys
 import lingraft.train.loop
 from lingraft.errors import LingraftError
-from tests.train_tiny import in_memory_source, tiny_config
+from tests.integration.train_tiny import in_memory_source, tiny_config
 model, run, overrides, limit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
 real = lingraft.train.loop.save_checkpoint
 def save_then_fill(*args, **kwargs):
@@ -144,7 +144,7 @@ except LingraftError as exc:
 
 
 def test_full_disk_at_a_training_checkpoint_keeps_the_last_one_and_resumes_exactly(tmp_path):
-    from tests.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
+    from tests.integration.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
     from lingraft.train.trainer_checkpoint import latest_checkpoint
     from lingraft.train.loop import train
     model = make_tiny_llama(tmp_path / "m")

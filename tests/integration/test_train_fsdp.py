@@ -1,7 +1,7 @@
 """FSDP2 on CPU under torchrun with 2 ranks (gloo): new_rows, DCP resume, activation checkpointing, export,
 bf16 (new_rows, LoRA, full) and a loss weighted by tokens (2 samples x 1 step = 1 sample x 2 accumulation steps).
 
-One torchrun launch runs three trainings in the same process group (tests/train_runs.py):
+One torchrun launch runs three trainings in the same process group (tests/integration/train_runs.py):
 an uninterrupted reference, and the same run stopped at step 2 and resumed from its DCP
 checkpoint with activation checkpointing switched on. Recomputation changes no number on
 CPU, so the resumed half must reproduce the reference bit for bit.
@@ -13,8 +13,9 @@ import json
 import pytest
 import torch
 
-from tests.train_tiny import (accumulation_pair, assert_same_steps, dist_run_config, export_and_compare, losses,
-                              make_tiny_llama, run_launcher, write_configs, write_packed_folder)
+from tests.integration.train_tiny import (TRAIN_RUNS, accumulation_pair, assert_same_steps, dist_run_config,
+                                          export_and_compare, losses, make_tiny_llama, run_launcher, write_configs,
+                                          write_packed_folder)
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_fsdp_new_rows_exact_resume_and_export(tmp_path):
                                      backend="fsdp", trainable="full"),
         **accumulation_pair(model, write_packed_folder(tmp_path / "masked", masked=True), tmp_path, backend="fsdp"),
     }
-    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", "tests/train_runs.py",
+    run_launcher(["torchrun", "--standalone", "--nproc_per_node", "2", TRAIN_RUNS,
                   *write_configs(tmp_path, configs)])
 
     reference = losses(ref)

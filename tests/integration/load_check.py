@@ -1,7 +1,7 @@
 """Load a model the way training does, under a launcher, and report what each rank got.
 
-    torchrun --standalone --nproc_per_node 2 tests/load_check.py a.yaml b.yaml
-    deepspeed --num_gpus 2 tests/load_check.py a.yaml
+    torchrun --standalone --nproc_per_node 2 tests/integration/load_check.py a.yaml b.yaml
+    deepspeed --num_gpus 2 tests/integration/load_check.py a.yaml
 
 For each config: build the model and engine (train/model_setup.py, train/backends), gather
 every parameter and compare it with `from_pretrained` of the same folder (cast to the dtype
@@ -46,7 +46,7 @@ def check(path: Path) -> None:
     from lingraft.train.dist import init_distributed
     from lingraft.train.model_setup import build_model, resolve_runtime
     from lingraft.train.rank_bytes import held_bytes
-    from tests.train_tiny import packed_samples
+    from tests.integration.train_tiny import packed_samples
     cfg = build_config(TrainConfig, path)
     dist = init_distributed(120, use_cuda=False, engine=cfg.backend)
     runtime = resolve_runtime(cfg, dist.local_rank)

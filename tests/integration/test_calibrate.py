@@ -95,17 +95,17 @@ def test_judge_plugin_scores_and_thresholds():
                {"id": "b", "prompt": "?", "answer": "Да, конечно.", "stopped": True},
                {"id": "c", "prompt": "?", "answer": "", "stopped": True}]
     drops = DropLog()
-    judge = JudgeConfig(function="tests.test_calibrate:length_judge", threshold=0.5, batch_size=1)
+    judge = JudgeConfig(function="tests.integration.test_calibrate:length_judge", threshold=0.5, batch_size=1)
     kept, rejected = filter_answers(records, ScriptFilter(), ["CYRILLIC"], LoopFilter(), judge, drops)
     assert [r["id"] for r in kept] == ["a"] and kept[0]["judge_score"] == pytest.approx(len(RU_ANSWER) / 100)
     assert {r["id"]: r["drop_reason"] for r in rejected} == {"c": "empty", "b": "judge_below_threshold"}
     assert drops.counts == {"empty": 1, "judge_below_threshold": 1}
-    bad = JudgeConfig(function="tests.test_calibrate:wrong_count_judge", batch_size=8)
+    bad = JudgeConfig(function="tests.integration.test_calibrate:wrong_count_judge", batch_size=8)
     with pytest.raises(LingraftError, match="1 scores for 2 answers"):
         filter_answers(records, ScriptFilter(), ["CYRILLIC"], LoopFilter(), bad, DropLog())
     with pytest.raises(LingraftError, match="no callable"):
         filter_answers(records, ScriptFilter(), ["CYRILLIC"], LoopFilter(),
-                       JudgeConfig(function="tests.test_calibrate:missing"), DropLog())
+                       JudgeConfig(function="tests.integration.test_calibrate:missing"), DropLog())
     with pytest.raises(ConfigError, match="judge.function"):
         JudgeConfig(function="not a spec")
 
@@ -239,7 +239,7 @@ def test_generation_resumes_after_sigkill(uninterrupted, tiny_chat_model, shared
     config = write_config(tmp_path / "cfg.yaml", tiny_chat_model,
                           shared / "instruct" / "rulm_ru_alpaca_seed_tasks.jsonl", out)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.calibrate_stall", str(config)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.calibrate_stall", str(config)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     generations = out / "generations.jsonl"
     deadline = time.monotonic() + 120

@@ -56,7 +56,7 @@ def make_distill_pair(shared: Path, folder: Path, tied: bool = False) -> Distill
     from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
     from lingraft.manifest import new_manifest
     from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
-    from tests.train_tiny import make_tiny_llama
+    from tests.integration.train_tiny import make_tiny_llama
     texts = russian_texts(shared)
     old, new = byte_level_bpe(texts, OLD_VOCAB), byte_level_bpe(texts, NEW_VOCAB)
     teacher = make_tiny_llama(folder / "teacher", vocab=len(old), tied=tied)

@@ -8,7 +8,7 @@ import torch
 
 from lingraft.config import ConfigError
 from lingraft.errors import LingraftError
-from tests.train_tiny import in_memory_source, losses, make_tiny_llama, packed_samples, tiny_config
+from tests.integration.train_tiny import in_memory_source, losses, make_tiny_llama, packed_samples, tiny_config
 from lingraft.train.anchor import Anchor, SharedTokens, kl_to_reference, shared_from_token_map, shared_prefix_mask
 from lingraft.train.metrics_log import read_metrics
 
@@ -184,12 +184,13 @@ def test_shared_tokens_need_a_common_token():
 
 @pytest.mark.slow
 def test_zero3_two_ranks_with_a_partitioned_reference(tmp_path):
-    from tests.train_tiny import dist_run_config, free_port, run_launcher, write_configs, write_packed_folder
+    from tests.integration.train_tiny import TRAIN_RUNS, dist_run_config, free_port, run_launcher, write_configs, \
+        write_packed_folder
     model = make_tiny_llama(tmp_path / "m", tied=True)
     data = write_packed_folder(tmp_path / "data")
     configs = {"zero3_anchor": dist_run_config(model, data, tmp_path / "run", backend="deepspeed", zero_stage=3,
                                                trainable="full", **{"anchor.weight": 1.0})}
-    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py",
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN_RUNS,
                   *write_configs(tmp_path, configs)], TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"))
     rows = read_metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.train_tiny import make_tiny_llama
+from tests.integration.train_tiny import make_tiny_llama
 from lingraft.train.attention import attention_inputs, block_causal_mask
 from lingraft.train.flops import GradPlan, ModelShape, attended_keys_per_token, training_flops_per_token
 
@@ -62,7 +62,7 @@ def test_attended_keys_follow_document_positions():
 def _tiny_plan(tmp_path, **overrides):
     from lingraft.train.loop import _grad_plan
     from lingraft.train.model_setup import build_model, resolve_runtime
-    from tests.train_tiny import tiny_config
+    from tests.integration.train_tiny import tiny_config
     cfg = tiny_config(make_tiny_llama(tmp_path / "m"), tmp_path / "o", **overrides)
     model, split = build_model(cfg, resolve_runtime(cfg))
     shape = ModelShape.from_hf_config(model.config)
@@ -101,7 +101,7 @@ def test_peak_flops_by_exact_gpu_model(name, tflops):
 def test_logged_mfu_counts_the_anchor_reference_forward(tmp_path):
     from lingraft.train.loop import train
     from lingraft.train.metrics_log import read_metrics
-    from tests.train_tiny import in_memory_source, packed_samples, tiny_config
+    from tests.integration.train_tiny import in_memory_source, packed_samples, tiny_config
     model = make_tiny_llama(tmp_path / "m")
     per_token = {}
     for name, weight in (("plain", 0.0), ("anchored", 1.0)):

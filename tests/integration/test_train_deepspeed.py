@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-1 and ZeRO-3 on CPU with 2 ranks (gloo) under the `deepspeed` launcher.
 
-One launch runs both trainings in the same process group (tests/train_runs.py):
+One launch runs both trainings in the same process group (tests/integration/train_runs.py):
 - ZeRO-1, embeddings: `zero_to_fp32` of a ZeRO-1 checkpoint has no frozen weights, so the
   export must take them from the base model, bit for bit;
 - ZeRO-3, new_rows with tied tables: the gradient is partitioned across ranks, yet the old
@@ -8,14 +8,14 @@ One launch runs both trainings in the same process group (tests/train_runs.py):
 - bf16 on every stage (layers, LoRA, new_rows), and the loss weighted by tokens under ZeRO-2
   and ZeRO-3 (2 samples x 1 step = 1 sample x 2 accumulation steps = one local process, on
   masked labels).
-ZeRO-2 in fp32 runs under mpirun (tests/test_train_mpi.py). No DeepSpeed C++ op may be compiled.
+ZeRO-2 in fp32 runs under mpirun (tests/integration/test_train_mpi.py). No DeepSpeed C++ op may be compiled.
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.train_tiny import TABLES, accumulation_pair, assert_same_steps, dist_run_config, export_and_compare, \
-    free_port, losses, make_tiny_llama, run_launcher, write_configs, write_packed_folder
+from tests.integration.train_tiny import TABLES, TRAIN_RUNS, accumulation_pair, assert_same_steps, dist_run_config, \
+    export_and_compare, free_port, losses, make_tiny_llama, run_launcher, write_configs, write_packed_folder
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_zero1_embeddings_and_zero3_new_rows_two_ranks(tmp_path):
         **accumulation_pair(untied, masked, tmp_path, name="zero3_acc", backend="deepspeed", zero_stage=3),
     }
     extensions = tmp_path / "torch_extensions"
-    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "tests/train_runs.py",
+    run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN_RUNS,
                   *write_configs(tmp_path, configs)], TORCH_EXTENSIONS_DIR=str(extensions))
     assert not extensions.exists(), "DeepSpeed compiled an op (deepspeed_shm_comm?) on the CPU accelerator"
 

@@ -1,7 +1,7 @@
 """Several training runs, one after another, in one set of launched processes.
 
-    deepspeed --num_gpus 2 tests/train_runs.py a.yaml b.yaml
-    torchrun --standalone --nproc_per_node 2 tests/train_runs.py a.yaml b.yaml
+    deepspeed --num_gpus 2 tests/integration/train_runs.py a.yaml b.yaml
+    torchrun --standalone --nproc_per_node 2 tests/integration/train_runs.py a.yaml b.yaml
 
 Each launch costs every rank a multi-second import of torch/transformers(/deepspeed) on
 a loaded 2-core CI machine; the runs themselves take a second or two. Sharing one process
