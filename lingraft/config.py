@@ -4,6 +4,23 @@ Every stage describes its parameters as a (possibly nested) dataclass. `build_co
 merges, in order, the dataclass defaults, a YAML file and `key.sub=value` overrides,
 then checks every key and type *before* any work starts. Errors are one line and name
 the offending key, e.g. ``pack.seq_len: expected int, got 'abc'``.
+
+Conventions every config dataclass follows:
+
+* **Required fields have no default.** Nothing else marks a field as required: no ``""``
+  or ``[]`` sentinel checked in ``__post_init__``. A missing one is reported, before any
+  work, as ``<key>: required key is missing`` (the CLI adds the flag to give). Where
+  inheritance or field order needs it, the class is ``@dataclass(kw_only=True)``.
+  ``__post_init__`` checks values (ranges, combinations, a field required only with
+  another's value), never mere presence.
+* **A local file or folder is typed `Path`** (an input), **or `OutputPath`** (something the
+  stage writes). Something that may be a local path *or* a hub id (a model, a tokenizer, a
+  hub dataset) is a `ModelRef` or `DatasetRef` (kept a `str`). Lists, optionals and
+  nested dataclasses of these count as well. `path_fields` walks a config by these types:
+  the pipeline hashes the contents of the inputs (and of refs that name local paths) in a
+  stage's fingerprint, and never its outputs. A plain `str` is never taken for a path.
+* A field whose ``metadata`` holds ``runtime_only: True`` says how a stage runs, not what it
+  computes (e.g. train's ``launch``); the pipeline leaves it out of the fingerprint.
 """
 from __future__ import annotations
 
@@ -13,11 +30,26 @@ import types
 import typing
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Iterator, Literal, Mapping, NamedTuple, TypeVar, Union, get_args, get_origin
 
 import yaml
 
 T = TypeVar("T")
+
+
+class _Role(str):
+    """What an `Annotated` path-like type is: read by `path_fields`, ignored by coercion."""
+
+
+OUTPUT = _Role("output")
+LOCAL_OR_HUB = _Role("ref")
+# Something the stage writes: never an input of its own fingerprint.
+OutputPath = Annotated[Path, OUTPUT]
+# A local folder or file, or a hub id (also NAME=SPEC, e.g. ``B=models/base``, and a GPT-2
+# ``vocab.json,merges.txt`` pair): kept as written; hashed when it names local paths.
+ModelRef = Annotated[str, LOCAL_OR_HUB]
+DatasetRef = Annotated[str, LOCAL_OR_HUB]
+RUNTIME_ONLY = "runtime_only"    # field metadata key: how a stage runs, not what it computes
 
 
 class ConfigError(ValueError):
@@ -25,6 +57,8 @@ class ConfigError(ValueError):
 
 
 def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Annotated:
+        return _type_name(get_args(tp)[0])
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -35,6 +69,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        if LOCAL_OR_HUB in marks and value == "":
+            raise ConfigError(f"{key}: expected a local path or a hub id, got ''")
+        return _coerce(value, base, key)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -97,14 +136,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected str, got {value!r}")
     if tp is Path:
-        if isinstance(value, (str, Path)):
+        if isinstance(value, Path) or (isinstance(value, str) and value):
             return Path(value)
         raise ConfigError(f"{key}: expected a path, got {value!r}")
     raise ConfigError(f"{key}: unsupported config type {tp!r}")
 
 
 def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
@@ -226,3 +265,62 @@ def require(condition: bool, key: str, message: str) -> None:
     """Validation helper for `__post_init__`: raise a ConfigError naming `key`."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
+
+
+class PathField(NamedTuple):
+    key: str           # dotted, as in error messages: ``sources[0].path``
+    value: Any         # a Path, or the str of a ModelRef / DatasetRef
+    role: str          # "input", "output" or "ref"
+
+
+def path_fields(cfg: Any, prefix: str = "") -> Iterator[PathField]:
+    """Every path-like value of a config, found through its field types (see the module docstring).
+
+    Fields marked `RUNTIME_ONLY` are skipped: they are no part of what a stage computes."""
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get(RUNTIME_ONLY):
+            yield from _walk(getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}")
+
+
+def _walk(value: Any, tp: Any, key: str) -> Iterator[PathField]:
+    origin, args = get_origin(tp), get_args(tp)
+    if value is None:
+        return
+    if origin is Annotated:
+        role = "output" if OUTPUT in args[1:] else "ref" if LOCAL_OR_HUB in args[1:] else None
+        yield from [PathField(key, value, role)] if role else _walk(value, args[0], key)
+    elif tp is Path:
+        yield PathField(key, value, "input")
+    elif origin in (Union, types.UnionType):
+        option = next((o for o in args if _holds(value, o)), None)
+        yield from _walk(value, option, key) if option is not None else ()
+    elif dataclasses.is_dataclass(value):
+        yield from path_fields(value, f"{key}.")
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            item_tp = args[i] if origin is tuple and args[-1] is not ... else args[0]
+            yield from _walk(item, item_tp, f"{key}[{i}]")
+    elif origin is dict and isinstance(value, Mapping):
+        for k, item in value.items():
+            yield from _walk(item, args[1], f"{key}.{k}")
+
+
+def _holds(value: Any, tp: Any) -> bool:
+    """Whether `value` is of union member `tp` (e.g. `str | TranslationResourceConfig`)."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    runtime = get_origin(tp) or tp
+    return tp is not type(None) and get_origin(tp) is not Literal and isinstance(runtime, type) \
+        and isinstance(value, runtime)
+
+
+def ref_paths(ref: str) -> list[Path]:
+    """The existing local paths a ModelRef / DatasetRef names: itself, else the SPEC of NAME=SPEC,
+    else each file of an ``A,B`` pair; none for a hub id."""
+    if Path(ref).exists():
+        return [Path(ref)]
+    name, eq, spec = ref.partition("=")
+    if eq and name and spec:
+        return ref_paths(spec)
+    return [Path(p) for p in ref.split(",") if p and Path(p).exists()] if "," in ref else []

@@ -1,11 +1,13 @@
 """`lingraft pipeline`: run registered stage commands in order, skipping finished ones.
 
 Every stage gets a fingerprint: a hash of its command, its fully resolved config (minus
-`RUNTIME_ONLY` sections such as train's `launch`, which say how to run, not what to
-compute), the content of the local input files it names, and the identity of the
-upstream outputs it reads (their fingerprint plus the run that wrote them, so a rerun
-upstream always reruns what reads it). The ledger ``<work_dir>/pipeline_ledger.json``
-records per stage the fingerprint and whether its last run finished. Then:
+fields marked runtime-only, such as train's `launch`, which say how to run, not what to
+compute), the content of the local inputs its config's types declare (`Path` fields and
+`ModelRef`s naming local paths; never `OutputPath`s or plain strings: see `lingraft.config`),
+and the identity of the upstream outputs it reads (their fingerprint plus the run that
+wrote them, so a rerun upstream always reruns what reads it). The ledger
+``<work_dir>/pipeline_ledger.json`` records per stage the fingerprint and whether its last
+run finished. Then:
 
 * finished, same fingerprint, output present   -> skipped;
 * started but never finished (killed, failed), same fingerprint -> run again, and the stage
@@ -26,13 +28,13 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from lingraft.atomic import write_json
 from lingraft.registry import Command, all_commands, resolve_runner
-from lingraft.config import ConfigError, build_config, to_dict
+from lingraft.config import RUNTIME_ONLY, ConfigError, build_config, path_fields, ref_paths, to_dict
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text, sha256_tree
 from lingraft.log import get_logger
@@ -45,9 +47,6 @@ LEDGER_NAME = "pipeline_ledger.json"
 OUTPUT_KEYS = ("out", "out_dir")
 # `{builtin:NAME}`: resources lingraft can fetch itself, resolved only when a config names them.
 BUILTINS: dict[str, str] = {"smollm2": "lingraft.demo_model:smollm2_path"}
-# Sections that change how a stage runs but not what it computes. A new Slurm job brings a new
-# hostfile and master address; that must not discard a half-finished training run.
-RUNTIME_ONLY: dict[str, tuple[str, ...]] = {"train": ("launch",)}
 # One pass over a string, so an expanded value is never scanned again.
 _TOKEN = re.compile(r"\$\{(?P<env>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<open>\{\{)|(?P<close>\}\})"
                     r"|\{(?P<ref>[A-Za-z_][A-Za-z0-9_\-]*(?::[A-Za-z0-9_\-]+)?)\}")
@@ -136,29 +135,25 @@ def plan(cfg: PipelineConfig) -> list[PlannedStage]:
     return planned
 
 
-def _looks_like_path(value: str) -> bool:
-    """A separator or a suffix: `data/x`, `corpus.jsonl`; a bare word such as `train` (a split) is not a path."""
-    return 0 < len(value) < 4096 and "\n" not in value and ("/" in value or bool(Path(value).suffix))
-
-
-def _local_inputs(params: Any, pipeline_outputs: list[Path]) -> list[Path]:
-    """Existing local paths named in a config, other than (files inside) this pipeline's outputs."""
+def _local_inputs(config: Any, pipeline_outputs: list[Path]) -> list[Path]:
+    """The existing local files and folders a config reads, learned from its field types
+    (`lingraft.config.path_fields`): `Path` fields and the local paths of `ModelRef`/`DatasetRef`
+    fields, never `OutputPath` fields or plain strings, and nothing inside this pipeline's
+    outputs (their upstream identity stands for them)."""
     found: list[Path] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str) and _looks_like_path(v):
-            p = Path(v)
-            if p.exists() and not any(is_inside(p, out) for out in pipeline_outputs):
+    for item in path_fields(config):
+        if item.role == "output":
+            continue
+        for p in ref_paths(item.value) if item.role == "ref" else [Path(item.value)]:
+            if p.exists() and not any(is_inside(p, out) for out in pipeline_outputs) and p not in found:
                 found.append(p)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-
-    walk(params)
     return found
+
+
+def _params(config: Any) -> dict[str, Any]:
+    """What a stage computes from: its config, less the fields marked runtime-only."""
+    skip = {f.name for f in fields(config) if f.metadata.get(RUNTIME_ONLY)}
+    return {k: v for k, v in to_dict(config).items() if k not in skip}
 
 
 def _present(out: Path | None) -> bool:
@@ -231,10 +226,8 @@ def hash_input(path: Path, cache: dict[str, Any]) -> str:
 
 
 def fingerprint(stage: PlannedStage, ledger: Ledger, pipeline_outputs: list[Path]) -> str:
-    params = to_dict(stage.config)
-    for section in RUNTIME_ONLY.get(stage.spec.command, ()):
-        params.pop(section, None)
-    inputs = {str(p): hash_input(p, ledger.input_hashes) for p in _local_inputs(params, pipeline_outputs)}
+    params = _params(stage.config)
+    inputs = {str(p): hash_input(p, ledger.input_hashes) for p in _local_inputs(stage.config, pipeline_outputs)}
     return sha256_text(json.dumps(
         {"command": stage.spec.command, "params": params, "inputs": inputs,
          "upstream": {u: ledger.identity(u) for u in stage.upstream}}, sort_keys=True, default=str))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lingraft.config import require
+from lingraft.config import RUNTIME_ONLY, ModelRef, OutputPath, require
 
 Trainable = Literal["embeddings", "new_rows", "full", "layers", "lora"]
 # local: one process, plain PyTorch; deepspeed: ZeRO 1/2/3; fsdp: PyTorch FSDP2 (`fully_shard`).
@@ -121,7 +121,7 @@ class DistillConfig:
     weight: float = 0.0                      # 0: no distillation, no teacher loaded
     ce_weight: float = 1.0                   # 1: beside the cross-entropy; 0: instead of it
     teacher: Path | None = None              # default: the source model named in <model>/manifest.json (init)
-    teacher_tokenizer: str | None = None     # default: the old tokenizer init used, else the teacher folder
+    teacher_tokenizer: ModelRef | None = None  # default: the old tokenizer init used, else the teacher folder
     shared_ids: str | None = None            # ids both vocabularies share as they are, e.g. 0:49152
     token_map: Path | None = None            # default: <model>/token_map.safetensors (kept/special rows)
 
@@ -182,7 +182,7 @@ class FrozenBodyConfig:
 class TrainConfig:
     model: Path = field(metadata={"help": "HF checkpoint folder (e.g. the output of `lingraft init`)"})
     data: Path = field(metadata={"help": "packed dataset folder (`lingraft prep pack`)"})
-    out_dir: Path = field(metadata={"help": "run folder: checkpoints, logs, plots"})
+    out_dir: OutputPath = field(metadata={"help": "run folder: checkpoints, logs, plots"})
     max_steps: int = field(metadata={"help": "optimizer steps"})
     backend: Backend = field(default="deepspeed", metadata={"help": "training engine"})
     zero_stage: int = field(default=2, metadata={
@@ -207,7 +207,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # How to start the processes, not what they compute: a new Slurm job brings a new hostfile and
+    # master address, and that must not discard a half-finished training run.
+    launch: LaunchConfig = field(default_factory=LaunchConfig, metadata={RUNTIME_ONLY: True})
     lora: LoraConfig = field(default_factory=LoraConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
