@@ -10,7 +10,7 @@ import pytest
 
 from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces, seam_facts
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
-from tests.test_pack_identity import CORNER_CASES
+from tests.integration.test_pack_identity import CORNER_CASES
 
 
 @pytest.fixture(scope="module")
