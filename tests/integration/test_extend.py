@@ -12,53 +12,8 @@ from lingraft.vocabulary.bpe_surgery import plan_extension, plan_shrink, reachab
 from lingraft.vocabulary.extend import extend, reencoded_words
 from lingraft.vocabulary.vocab_map import read_vocab_map
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
-
-BASES = {"llama3": "tokenizers/llama3/tokenizer.json.xz", "mistral": "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"}
-MIXED = ("Привет, мир! Как дела у тебя сегодня? Hello world, this is English text.\n"
-         "«Ёлки-палки», — сказал он в 1984 году.  Tabs\tand   spaces; emoji 🙂 and 日本語.")
-
-
-# Expensive objects are built once per session and shared with test_optimize (read-only).
-@lru_cache(maxsize=None)
-def base_tokenizer(shared: Path, name: str):
-    return load_tokenizer(shared / BASES[name])
-
-
-@lru_cache(maxsize=None)
-def russian(shared: Path, max_chars: int = 600_000) -> tuple[str, ...]:
-    from lingraft.vocabulary.corpus import CorpusText
-    return tuple(CorpusText([str(shared / "ru_text/ruslit.jsonl.xz")], "text", max_chars))
-
-
-@lru_cache(maxsize=None)
-def english(shared: Path) -> tuple[str, ...]:
-    from lingraft.vocabulary.corpus import CorpusText
-    return tuple(CorpusText([str(shared / "en_text/fineweb_en_sample.jsonl")], "text"))
-
-
-@lru_cache(maxsize=None)
-def ud_sentences(shared: Path) -> tuple[str, ...]:
-    with open(shared / "ru_text/ud_russian_sentences.jsonl", encoding="utf-8") as fh:
-        return tuple(json.loads(line)["text"] for line in fh)
-
-
-@lru_cache(maxsize=None)
-def new_tokenizer(shared: Path, name: str, vocab_size: int = 3000):
-    """A small Russian BPE trained with the base's pipeline (training.py's `like: base`)."""
-    from lingraft.vocabulary.training import TrainParams, base_pipeline, train_tokenizer
-    base = base_tokenizer(shared, name)
-    return train_tokenizer(russian(shared), base_pipeline(base, []), TrainParams("bpe", vocab_size))
-
-
-def n_tokens(tok, texts) -> int:
-    """Tokens for `texts` (same texts, so comparing counts compares tokens per word)."""
-    return sum(len(e.ids) for e in tok.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False))
-
-
-@lru_cache(maxsize=None)
-def extended(shared: Path, name: str):
-    """Extended with every acceptable new token, protecting the first 300 fineweb documents."""
-    return extend(base_tokenizer(shared, name), new_tokenizer(shared, name), None, english(shared)[:300])
+from tests.helpers import BASES, MIXED, base_tokenizer, english, extended, n_tokens, new_tokenizer, russian, \
+    ud_sentences
 
 
 @pytest.fixture(scope="module", params=sorted(BASES))

@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from lingraft.errors import LingraftError
-from tests.integration.test_extend import BASES, MIXED, base_tokenizer, n_tokens, new_tokenizer, russian, ud_sentences
 from lingraft.vocabulary.bpe_surgery import atoms, merge_list, reachable
 from lingraft.vocabulary.vocab_map import read_vocab_map
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
 from lingraft.vocabulary.optimize import by_usage, optimize, usage_counts
+from tests.helpers import BASES, KEEP, MIXED, base_tokenizer, n_tokens, new_tokenizer, optimized, russian, \
+    ud_sentences
 
-KEEP = {"llama3": 20_000, "mistral": 8_000}
 ADD = {"llama3": 500, "mistral": 800}   # below what the 3000-token new BPEs offer beyond the kept base
-
-
-@lru_cache(maxsize=None)
-def optimized(shared: Path, name: str, add: int):
-    return optimize(base_tokenizer(shared, name), new_tokenizer(shared, name), russian(shared), KEEP[name], add)
 
 
 @pytest.fixture(scope="module", params=sorted(BASES))

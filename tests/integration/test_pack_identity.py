@@ -26,18 +26,11 @@ from lingraft.data_prep.pack_config import PackConfig
 from lingraft.data_prep.packed_format import plan_samples
 from lingraft.data_prep.readers import SourceConfig
 from lingraft.manifest import read_manifest
+from tests.helpers import PACK_CORNER_CASES
 
 LLAMA3 = "tokenizers/llama3/tokenizer.json.xz"      # byte-level BPE: long documents are split
 MISTRAL = "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"   # SentencePiece: never split
 PARAGRAPH_START = re.compile(r"\n\s*(?=\S)")
-
-CORNER_CASES = [
-    "Глава I\n\nОн вошёл.\n— Да, — сказал он.\n\n\n  Отступ после пустых строк.\n12 лет спустя.",
-    "trailing spaces  \n\nthen a paragraph\r\n\r\nwindows breaks\n\t tab-indented\n\n\n",
-    "x.\n\n\n\ny\n \nz\n<|end_of_text|>\n<|begin_of_text|>special-looking text\n's and 're after breaks",
-    "\u00a0nbsp\n\u00a0after a newline\n\u2028line separator\u2029paragraph separator\nend",
-    "один абзац без переводов строки " * 300,
-]
 
 
 def _long_texts(shared: Path) -> list[str]:
@@ -51,7 +44,7 @@ def _long_texts(shared: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def clean_dir(shared, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("identity")
-    texts = _long_texts(shared) + CORNER_CASES
+    texts = _long_texts(shared) + PACK_CORNER_CASES
     src = tmp / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
     cfg = CleanStageConfig(sources=[SourceConfig(path=str(src), name="mix")], out=str(tmp / "clean"),

@@ -10,7 +10,7 @@ import pytest
 
 from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces, seam_facts
 from lingraft.vocabulary.loading import backend_json, load_tokenizer
-from tests.integration.test_pack_identity import CORNER_CASES
+from tests.helpers import PACK_CORNER_CASES
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_pieces_tokenize_to_the_whole_documents_tokens(shared, llama3):
         texts = [json.loads(line)["text"][:40_000] for line in islice(fh, 3)]
     with open(shared / "en_text/fineweb_en_sample.jsonl", encoding="utf-8") as fh:
         texts += [json.loads(line)["text"] for line in islice(fh, 100)]
-    texts += CORNER_CASES
+    texts += PACK_CORNER_CASES
     backend = llama3.backend_tokenizer
     n_cuts = 0
     for text in texts:

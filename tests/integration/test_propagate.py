@@ -10,72 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import all_tensors, gpt2_with_chat_token, train_small_ru_tokenizer
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
-
-EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
-HIDDEN = 32
-CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def tiny_llama(folder: Path, tok, tied: bool, layers: int = 2, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    config = LlamaConfig(vocab_size=len(tok) + 6, hidden_size=HIDDEN, intermediate_size=64,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=tied, bos_token_id=eos,
-                         eos_token_id=eos, pad_token_id=None)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(str(folder), max_shard_size="60KB")
-    tok.save_pretrained(str(folder))
-    return model
-
-
-def true_map(seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.eye(HIDDEN) + 0.2 * torch.randn(HIDDEN, HIDDEN, generator=g)
-
-
-def make_instruct(base: Path, out: Path, tok, maps: dict[str, torch.Tensor], layers_noise: float = 0.01) -> Path:
-    """I: B's tables under known maps, its layers moved, plus a trained `<|eot_id|>` and a chat template."""
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(base))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name == EMBED:
-                param.copy_(param @ maps["input"])
-            elif name == HEAD:
-                param.copy_(param @ maps["head"])
-            else:
-                param.add_(layers_noise * torch.randn_like(param))
-    instruct_tok = type(tok).from_pretrained(str(base))
-    instruct_tok.add_tokens(["<|eot_id|>"], special_tokens=True)
-    instruct_tok.chat_template = CHAT
-    eot = instruct_tok.convert_tokens_to_ids("<|eot_id|>")
-    assert eot < model.config.vocab_size                      # fits into the padding rows
-    with torch.no_grad():
-        model.get_input_embeddings().weight[eot] = 3.0      # a recognisable "trained" row
-    model.generation_config.eos_token_id = eot
-    model.save_pretrained(str(out), max_shard_size="60KB")
-    instruct_tok.save_pretrained(str(out))
-    return out
-
-
-def make_adapted(init_out: Path, out: Path, seed: int = 5) -> Path:
-    """A: the init output with every table perturbed (as training would), re-saved like an export."""
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(init_out))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for table in {id(t): t for t in (model.get_input_embeddings().weight,
-                                         model.get_output_embeddings().weight)}.values():
-            table.add_(0.05 * torch.randn_like(table))
-    model.save_pretrained(str(out))
-    for name in ("tokenizer.json", "tokenizer_config.json", TOKEN_MAP_NAME):
-        shutil.copy2(init_out / name, out / name)
-    return out
+from tests.helpers import EMBED, FAMILY_HIDDEN, HEAD, INSTRUCT_CHAT, all_tensors, gpt2_with_chat_token, \
+    propagation_family, train_small_ru_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +25,14 @@ def new_tok_dir(shared, tmp_path_factory) -> Path:
     return train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru1000", 1000, 200_000)
 
 
-def _family(root: Path, base_tok, new_tok_dir: Path, tied: bool):
-    from lingraft.cli import main
-    maps = {"input": true_map(1), "head": true_map(2)}
-    tiny_llama(root / "B", base_tok, tied)
-    make_instruct(root / "B", root / "I", base_tok, maps)
-    assert main(["init", "--model", str(root / "B"), "--tokenizer", str(new_tok_dir), "--out", str(root / "init"),
-                 "--method", "mean", "--shrink-table", "true"]) == 0
-    make_adapted(root / "init", root / "A")
-    return root, maps
-
-
 @pytest.fixture(scope="module")
 def untied(tmp_path_factory, base_tok, new_tok_dir):
-    return _family(tmp_path_factory.mktemp("untied"), base_tok, new_tok_dir, tied=False)
+    return propagation_family(tmp_path_factory.mktemp("untied"), base_tok, new_tok_dir, tied=False)
 
 
 @pytest.fixture(scope="module")
 def tied(tmp_path_factory, base_tok, new_tok_dir):
-    return _family(tmp_path_factory.mktemp("tied"), base_tok, new_tok_dir, tied=True)
+    return propagation_family(tmp_path_factory.mktemp("tied"), base_tok, new_tok_dir, tied=True)
 
 
 def propagate(root: Path, method: str, out_name: str, instruct: str = "I", **flags) -> Path:
@@ -172,7 +98,7 @@ def test_output_keeps_instruct_special_tokens_and_generates(untied, converted):
     config = json.loads((out / "config.json").read_text())
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == eot and config["vocab_size"] == tables[EMBED].shape[0]
-    assert tok.chat_template == CHAT
+    assert tok.chat_template == INSTRUCT_CHAT
     model = AutoModelForCausalLM.from_pretrained(str(out))
     ids = tok.apply_chat_template([{"role": "user", "content": "Привет, как дела?"}], add_generation_prompt=True,
                                   return_tensors="pt", return_dict=True)["input_ids"]
@@ -213,7 +139,7 @@ def test_overlap_fits_on_shared_tokens(untied):
     root, maps = untied
     out = propagate(root, "overlap", "overlap")
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
-    assert metrics["fit_rows_from"].endswith("shared tokens") and metrics["fits"]["input"]["rows"] > HIDDEN
+    assert metrics["fit_rows_from"].endswith("shared tokens") and metrics["fits"]["input"]["rows"] > FAMILY_HIDDEN
     a, o = all_tensors(root / "A"), all_tensors(out)
     expected = (a[EMBED].double() @ maps["input"].double()).float()
     assert torch.allclose(o[EMBED][:100], expected[:100], atol=2e-4)

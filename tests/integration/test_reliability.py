@@ -24,7 +24,7 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.paths import is_inside, require_inside, safe_join, safe_name
 from tests.conftest import REPO
-from tests.helpers import gpt2_with_chat_token, train_small_ru_tokenizer
+from tests.helpers import gpt2_with_chat_token, propagation_family, train_small_ru_tokenizer
 
 PACKAGES = ("lingraft", "data_prep", "vocabulary", "train", "propagate", "evaluation")
 ENV = {**os.environ, "LINGRAFT_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
@@ -60,9 +60,8 @@ def leftovers(parent: Path) -> list[str]:
 # -- propagation: SIGKILL and a full disk ----------------------------------------------------
 @pytest.fixture(scope="module")
 def family(shared, tmp_path_factory) -> Path:
-    from tests.integration.test_propagate import _family
     tok_dir = train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru", 1000, 200_000)
-    root, _ = _family(tmp_path_factory.mktemp("family"), gpt2_with_chat_token(shared), tok_dir, tied=False)
+    root, _ = propagation_family(tmp_path_factory.mktemp("family"), gpt2_with_chat_token(shared), tok_dir, tied=False)
     return root
 
 

@@ -21,10 +21,9 @@ from lingraft.propagate.skillpack.skillpack_math import (
     truncated_svd,
     unpack_int4,
 )
-from tests.helpers import all_tensors
+from tests.helpers import EMBED, HEAD, all_tensors
 from tests.integration.train_tiny import make_tiny_llama
 
-EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 UNTOUCHED = "model.layers.1.mlp.down_proj.weight"
 NORM = "model.layers.0.input_layernorm.weight"
 FULL_RANK = "model.layers.1.self_attn.o_proj.weight"
@@ -301,8 +300,8 @@ def test_corrupted_pack_is_detected(exact_pack, family, run_cli, tmp_path):
 def test_language_pack_on_a_sibling_equals_propagate_conversion(shared, tmp_path, run_cli):
     from transformers import AutoTokenizer
 
-    from tests.helpers import gpt2_with_chat_token, train_small_ru_tokenizer
-    from tests.integration.test_propagate import make_adapted, make_instruct, tiny_llama, true_map
+    from tests.helpers import gpt2_with_chat_token, make_adapted, make_instruct, tiny_llama, train_small_ru_tokenizer, \
+        true_map
     base_tok = gpt2_with_chat_token(shared)
     new_tok = train_small_ru_tokenizer(shared, tmp_path / "ru", 1000, 200_000)
     tiny_llama(tmp_path / "B", base_tok, tied=False)

@@ -98,7 +98,7 @@ def test_load_rejects_foreign_and_missing_files(tmp_path):
 def test_mean_map_gives_every_old_id_of_extended_mistral_its_own_row(shared):
     """Byte-fallback pieces (<0x01>...) used to take the row of an ordinary piece with the same byte."""
     from lingraft.vocabulary.token_matching import build_mean_map
-    from tests.integration.test_extend import base_tokenizer, extended
+    from tests.helpers import base_tokenizer, extended
     base, variant = base_tokenizer(shared, "mistral"), extended(shared, "mistral")
     token_map = build_mean_map(base, variant.tokenizer)
     assert [i for i in range(len(base)) if token_map.row(i) != {i: 1.0}] == []
@@ -108,8 +108,7 @@ def test_init_token_map_follows_the_stored_vocab_map(shared, tmp_path):
     from lingraft.vocabulary.init_config import InitConfig
     from lingraft.vocabulary.init_stage import build_token_map
     from lingraft.vocabulary.vocab_map import write_vocab_map
-    from tests.integration.test_extend import base_tokenizer
-    from tests.integration.test_optimize import optimized
+    from tests.helpers import base_tokenizer, optimized
     base, variant = base_tokenizer(shared, "mistral"), optimized(shared, "mistral", 800)
     folder = tmp_path / "optimized"
     variant.tokenizer.save_pretrained(str(folder))
