@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 from lingraft.errors import LingraftError
@@ -143,9 +143,16 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[An
         yield fh
 
 
+def _json_path(value: Any) -> str:
+    """Config path fields are `Path`s: JSON holds them as strings. Anything else still fails."""
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_open(path, "w") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=False)
+        json.dump(data, fh, ensure_ascii=False, indent=2, sort_keys=False, default=_json_path)
         fh.write("\n")
 
 

@@ -1,27 +1,80 @@
-"""Config of `lingraft init` (light: no torch/transformers import, so `lingraft --help` stays fast)."""
+"""Config of `lingraft init`, its translation resources included (light: no torch/transformers import,
+so `lingraft --help` stays fast)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from lingraft.config import require
-from lingraft.vocabulary.translation_resources import TranslationResourceConfig, parse_resource_spec
+from lingraft.config import ConfigError, DatasetRef, ModelRef, OutputPath, build_config, require
+from lingraft.errors import LingraftError
 
 InitMethod = Literal["distill", "mean", "weighted-mean", "transtokenize", "random"]
+ResourceKind = Literal["auto", "parallel", "dictionary"]
 # Methods that run the original model over a corpus.
 CORPUS_METHODS = ("distill",)
 
 
 @dataclass
+class TranslationResourceConfig:
+    """One translation resource: a JSONL(.gz/.xz/.zst) file of parallel sentences or dictionary entries."""
+    path: Path
+    old_field: str = field(metadata={"help": "field in the old model's language (e.g. en)"})
+    new_field: str = field(metadata={"help": "field in the new tokenizer's language"})
+    kind: ResourceKind = field(default="auto", metadata={
+        "help": "parallel | dictionary; auto: a list in new_field means dictionary"})
+    max_pairs: int | None = field(default=None, metadata={
+        "help": "read a seeded random sample of this many records (default: all)"})
+    max_glosses: int = field(default=3, metadata={"help": "dictionary: glosses read per headword"})
+    max_phrase_words: int = field(default=3, metadata={
+        "help": "dictionary: skip entries with more words on a side (explanations, not translations)"})
+    markup: Literal["none", "gettext"] = field(default="none", metadata={
+        "help": "gettext: strip placeholders (%s, {0}), escapes (\\n) and accelerators (_File, &File)"})
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        require(bool(self.old_field), "old_field", "name the field in the old model's language")
+        require(bool(self.new_field), "new_field", "name the field in the new tokenizer's language")
+        require(self.old_field != self.new_field, "new_field", f"must differ from old_field ({self.old_field!r})")
+        require(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", f"must be >= 1, got {self.max_pairs}")
+        require(self.max_glosses >= 1, "max_glosses", f"must be >= 1, got {self.max_glosses}")
+        require(self.max_phrase_words >= 1, "max_phrase_words", f"must be >= 1, got {self.max_phrase_words}")
+        if not self.name:
+            self.name = Path(self.path).name.split(".")[0]
+
+
+def parse_resource_spec(spec: str, old_field: str = "", new_field: str = "") -> TranslationResourceConfig:
+    """A command-line resource: ``PATH[,key=value...]``, e.g.
+    ``dict.jsonl.xz,kind=dictionary,max_glosses=2`` or ``ui.jsonl,markup=gettext,old_field=en``.
+
+    `old_field`/`new_field` are defaults (the stage's language codes) that the spec may override.
+    """
+    path, *options = [part.strip() for part in spec.split(",")]
+    dotted = [f"path={json.dumps(path)}"]
+    dotted += [f"{key}={value}" for key, value in (("old_field", old_field), ("new_field", new_field)) if value]
+    for option in options:
+        if "=" not in option:
+            raise LingraftError(f"{spec}: resource option {option!r} must look like key=value")
+        dotted.append(option)
+    try:
+        return build_config(TranslationResourceConfig, dotted=dotted)
+    except ConfigError as exc:
+        if not str(exc).endswith("required key is missing"):
+            raise
+        raise ConfigError(f"{exc} (--old-language and --new-language set it for every resource)") from None
+
+
+@dataclass
 class InitConfig:
     """Swap a model's vocabulary for a new tokenizer's and initialise the new embedding rows."""
-    model: str = field(default="", metadata={"help": "HF model folder, hub id, or .gguf file"})
-    tokenizer: str = field(default="", metadata={"help": "the new tokenizer (any spec load_tokenizer accepts)"})
-    out: str = field(default="", metadata={"help": "output folder: a HF model folder + token_map + manifest"})
+    model: ModelRef = field(metadata={"help": "HF model folder, hub id, or .gguf file"})
+    tokenizer: ModelRef = field(metadata={"help": "the new tokenizer (any spec load_tokenizer accepts)"})
+    out: OutputPath = field(metadata={"help": "output folder: a HF model folder + token_map + manifest"})
     method: InitMethod = field(default="distill", metadata={
         "help": "how new rows are initialised: distill (mean rows refined by the original model over "
                 "--corpus; the best measured, see BENCHMARKS.md), mean, weighted-mean, transtokenize, random"})
-    old_tokenizer: str | None = field(default=None, metadata={
+    old_tokenizer: ModelRef | None = field(default=None, metadata={
         "help": "the model's own tokenizer, when the model folder does not hold it"})
     pad_to_multiple: int = field(default=64, metadata={
         "help": "when the table grows, pad it to a multiple of this (1: none)"})
@@ -44,11 +97,14 @@ class InitConfig:
     transtokenize_top_k: int = field(default=16, metadata={"help": "transtokenize: old tokens kept per row"})
     transtokenize_min_prob: float = field(default=0.02, metadata={
         "help": "transtokenize: drop translation probabilities below this"})
-    corpus: list[str] = field(default_factory=list, metadata={
+    corpus: list[DatasetRef] = field(default_factory=list, metadata={
         "help": "distill: text the original model reads (files or folders any reader accepts: the training mix)"})
     corpus_field: str = field(default="text", metadata={"help": "distill: JSON field of corpus holding the text"})
     distill_passages: int = field(default=384, metadata={"help": "distill: corpus windows read (sampled evenly)"})
     distill_passage_chars: int = field(default=400, metadata={"help": "distill: characters per window"})
+    distill_copy_share: float = field(default=0.25, metadata={
+        "help": "distill: share of windows whose first half is repeated after a blank line, so that "
+                "the new rows learn to be copied (B's predictions on the repeat are near-certain)"})
     distill_steps: int = field(default=48, metadata={
         "help": "distill: Adam steps on the new input rows (0: keep the mean rows as inputs)"})
     distill_batch_size: int = field(default=8, metadata={"help": "distill: windows per step"})
@@ -57,7 +113,7 @@ class InitConfig:
         "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
     head_fit_lr: float = field(default=1.0e-3, metadata={"help": "distill: head-map learning rate"})
     head_fit_batch_size: int = field(default=512, metadata={"help": "distill: positions per head-fit step"})
-    eval_text: str | None = field(default=None, metadata={
+    eval_text: DatasetRef | None = field(default=None, metadata={
         "help": "held-out text file: report bits per character of the original and the new model"})
     eval_text_field: str = field(default="text", metadata={"help": "JSON field of eval_text holding the text"})
     eval_max_docs: int = field(default=300, metadata={"help": "score at most this many documents of eval_text"})
@@ -65,9 +121,6 @@ class InitConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.model), "model", "a model folder, hub id or .gguf file is required")
-        require(bool(self.tokenizer), "tokenizer", "the new tokenizer is required")
-        require(bool(self.out), "out", "an output folder is required")
         require(self.pad_to_multiple >= 1, "pad_to_multiple", f"must be >= 1, got {self.pad_to_multiple}")
         require(self.max_shard_gb > 0, "max_shard_gb", f"must be > 0, got {self.max_shard_gb}")
         require(0 < self.position_decay <= 1, "position_decay", f"must be in (0, 1], got {self.position_decay}")
@@ -90,6 +143,8 @@ class InitConfig:
         for name in ("distill_passages", "distill_passage_chars", "distill_batch_size", "head_fit_batch_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.distill_steps >= 0, "distill_steps", f"must be >= 0, got {self.distill_steps}")
+        require(0 <= self.distill_copy_share <= 1, "distill_copy_share",
+                f"must be in [0, 1], got {self.distill_copy_share}")
         require(self.head_fit_epochs >= 1, "head_fit_epochs", f"must be >= 1, got {self.head_fit_epochs}")
         require(self.distill_lr > 0 and self.head_fit_lr > 0, "distill_lr", "learning rates must be > 0")
         require(self.transtokenize_top_k >= 1, "transtokenize_top_k", f"must be >= 1, got {self.transtokenize_top_k}")

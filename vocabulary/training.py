@@ -274,7 +274,7 @@ def run_train(cfg: TrainTokenizerConfig) -> dict:
     trained = backend_json(tok)
     manifest.metrics = {"vocab_size": len(tok), "kind": tokenizer_kind(trained), "seconds": round(seconds, 3),
                         "chars_per_second": round(corpus.chars / seconds, 1), "corpus": corpus.summary()}
-    manifest.outputs = {"tokenizer": cfg.out, "fingerprint": tokenizer_fingerprint(trained)}
+    manifest.outputs = {"tokenizer": str(cfg.out), "fingerprint": tokenizer_fingerprint(trained)}
     with atomic_dir(cfg.out) as tmp:
         tok.save_pretrained(str(tmp))
         manifest.write(tmp)

@@ -21,16 +21,15 @@ import json
 import lzma
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from lingraft.data_prep.readers import open_binary
 from lingraft.data_prep.records import DropLog
-from lingraft.config import build_config, require
 from lingraft.errors import LingraftError
-
-ResourceKind = Literal["auto", "parallel", "dictionary"]
+# The resource's options are part of `lingraft init`'s config (re-exported here for readers of resources).
+from lingraft.vocabulary.init_config import TranslationResourceConfig, parse_resource_spec  # noqa: F401
 
 # A word is a run of letters/digits, possibly joined by inner hyphens or apostrophes
 # ("well-known", "don't"); any other non-space character is a one-character token.
@@ -44,51 +43,6 @@ _PLACEHOLDER = re.compile(
     r"|\{\w*\}|\\[ntr]")
 _ACCELERATOR = re.compile(r"(?<!\w)[_&](?=\w)")
 _SPACES = re.compile(r"\s+")
-
-
-@dataclass
-class TranslationResourceConfig:
-    """One translation resource: a JSONL(.gz/.xz/.zst) file of parallel sentences or dictionary entries."""
-    path: str
-    old_field: str = field(default="", metadata={"help": "field in the old model's language (e.g. en)"})
-    new_field: str = field(default="", metadata={"help": "field in the new tokenizer's language"})
-    kind: ResourceKind = field(default="auto", metadata={
-        "help": "parallel | dictionary; auto: a list in new_field means dictionary"})
-    max_pairs: int | None = field(default=None, metadata={
-        "help": "read a seeded random sample of this many records (default: all)"})
-    max_glosses: int = field(default=3, metadata={"help": "dictionary: glosses read per headword"})
-    max_phrase_words: int = field(default=3, metadata={
-        "help": "dictionary: skip entries with more words on a side (explanations, not translations)"})
-    markup: Literal["none", "gettext"] = field(default="none", metadata={
-        "help": "gettext: strip placeholders (%s, {0}), escapes (\\n) and accelerators (_File, &File)"})
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        require(bool(self.path), "path", "a translation resource file is required")
-        require(bool(self.old_field), "old_field", "name the field in the old model's language")
-        require(bool(self.new_field), "new_field", "name the field in the new tokenizer's language")
-        require(self.old_field != self.new_field, "new_field", f"must differ from old_field ({self.old_field!r})")
-        require(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", f"must be >= 1, got {self.max_pairs}")
-        require(self.max_glosses >= 1, "max_glosses", f"must be >= 1, got {self.max_glosses}")
-        require(self.max_phrase_words >= 1, "max_phrase_words", f"must be >= 1, got {self.max_phrase_words}")
-        if not self.name:
-            self.name = Path(self.path).name.split(".")[0]
-
-
-def parse_resource_spec(spec: str, old_field: str = "", new_field: str = "") -> TranslationResourceConfig:
-    """A command-line resource: ``PATH[,key=value...]``, e.g.
-    ``dict.jsonl.xz,kind=dictionary,max_glosses=2`` or ``ui.jsonl,markup=gettext,old_field=en``.
-
-    `old_field`/`new_field` are defaults (the stage's language codes) that the spec may override.
-    """
-    path, *options = [part.strip() for part in spec.split(",")]
-    dotted = [f"path={json.dumps(path)}"]
-    dotted += [f"{key}={value}" for key, value in (("old_field", old_field), ("new_field", new_field)) if value]
-    for option in options:
-        if "=" not in option:
-            raise LingraftError(f"{spec}: resource option {option!r} must look like key=value")
-        dotted.append(option)
-    return build_config(TranslationResourceConfig, dotted=dotted)
 
 
 @dataclass

@@ -345,7 +345,7 @@ def _resource_counts(cfg: TranslationResourceConfig, seed: int, params: TransTok
     else:
         word_pairs, extra = word_pairs_from_dictionary(pairs)
     counts = project_to_tokens(word_pairs, new_seg, old_seg, params.positional_share)
-    stats = {"name": cfg.name, "path": cfg.path, "kind": pairs.kind, "records": pairs.records,
+    stats = {"name": cfg.name, "path": str(cfg.path), "kind": pairs.kind, "records": pairs.records,
              "pairs": len(pairs), "dropped": dict(pairs.drops.counts), **extra,
              "aligned_word_pairs": round(sum(word_pairs.values()), 1), "unique_word_pairs": len(word_pairs),
              "tokens_with_evidence": len(counts.tokens()), "seconds_read": round(read_s, 2),

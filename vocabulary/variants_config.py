@@ -5,9 +5,7 @@ Light module: no tokenizers/transformers import, so `lingraft --help` stays fast
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from lingraft.config import require
+from lingraft.config import DatasetRef, ModelRef, OutputPath, require
 
 
 def _help(text: str) -> dict[str, str]:
@@ -18,10 +16,11 @@ def _help(text: str) -> dict[str, str]:
 class NewVocabSource:
     """Where the new-language tokenizer comes from: a trained one, or one trained here on `data`
     with the base's normalizer and pre-tokenizer (so its merges apply to the base's symbols)."""
-    base: str = field(metadata=_help("base tokenizer: HF folder, tokenizer.json[.xz], .model, GPT-2 files"))
-    out: Path = field(metadata=_help("output folder (HF tokenizer + vocab_map.json + manifest.json)"))
-    new: str | None = field(default=None, metadata=_help("an already-trained new-language BPE in the base's convention"))
-    data: list[str] = field(default_factory=list, metadata=_help("new-language corpus (jsonl/txt/parquet, may be "
+    base: ModelRef = field(metadata=_help("base tokenizer: HF folder, tokenizer.json[.xz], .model, GPT-2 files"))
+    out: OutputPath = field(metadata=_help("output folder (HF tokenizer + vocab_map.json + manifest.json)"))
+    new: ModelRef | None = field(default=None, metadata=_help(
+        "an already-trained new-language BPE in the base's convention"))
+    data: list[DatasetRef] = field(default_factory=list, metadata=_help("new-language corpus (jsonl/txt/parquet, may be "
                                                                   "compressed) to train the new tokenizer on"))
     text_field: str = field(default="text", metadata=_help("JSON field holding the text"))
     new_vocab_size: int = field(default=32000, metadata=_help("vocabulary size of a new tokenizer trained on --data"))
@@ -40,7 +39,7 @@ class ExtendConfig(NewVocabSource):
     """LEP *Extended*: every base token at its old id, then up to `add` new tokens."""
     add: int | None = field(default=None, metadata=_help("append at most this many new tokens (default: all that "
                                                           "the merge rule accepts)"))
-    protect: list[str] = field(default_factory=list, metadata=_help("corpora (e.g. English) whose base token ids "
+    protect: list[DatasetRef] = field(default_factory=list, metadata=_help("corpora (e.g. English) whose base token ids "
                                                                      "must stay the same"))
 
     def __post_init__(self) -> None:
@@ -53,11 +52,13 @@ class ExtendConfig(NewVocabSource):
 @dataclass(kw_only=True)
 class OptimizeConfig(NewVocabSource):
     """LEP *Optimized*: the base's `keep` tokens most used on --data, then its `add` most used new tokens."""
+    data: list[DatasetRef] = field(metadata=_help("target-language corpus (jsonl/txt/parquet, may be compressed): token "
+                                                  "usage is counted on it (and without --new the new tokenizer trained)"))
     keep: int = field(metadata=_help("base tokens to keep (atoms included; special/added tokens on top)"))
     add: int = field(metadata=_help("new tokens to append"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(bool(self.data), "data", "the target-language corpus is required (token usage is counted on it)")
+        require(bool(self.data), "data", "give at least one target-language corpus file or folder")
         require(self.keep > 0, "keep", f"must be > 0, got {self.keep}")
         require(self.add >= 0, "add", f"must be >= 0, got {self.add}")

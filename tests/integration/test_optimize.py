@@ -121,7 +121,7 @@ def test_keep_below_the_atoms_is_refused(shared, run_cli, tmp_path):
         optimize(base, new_tokenizer(shared, "mistral"), russian(shared)[:1], 1000, 10)
     code, _, err = run_cli("tokenizer", "optimize", "--base", shared / BASES["mistral"], "--keep", "10",
                            "--add", "5", "--out", tmp_path / "x")
-    assert code == 2 and "data: the target-language corpus is required" in err
+    assert code == 2 and "data: required key is missing" in err
 
 
 LLAMA3_TEMPLATE = ("{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
