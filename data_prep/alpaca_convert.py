@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lingraft.config import require
+from lingraft.config import OutputPath
 
 CHATS_FILE = "chats.jsonl"
 
@@ -23,17 +23,13 @@ CHATS_FILE = "chats.jsonl"
 class AlpacaConvertConfig:
     """Turn Alpaca-style (instruction, instances) records into chat `messages` JSONL."""
 
-    input: str = field(metadata={"help": "task JSONL (.gz/.xz/.zst/.bz2 ok), one task per line"})
-    out: str = field(metadata={"help": f"output folder: {CHATS_FILE} and manifest.json"})
+    input: Path = field(metadata={"help": "task JSONL (.gz/.xz/.zst/.bz2 ok), one task per line"})
+    out: OutputPath = field(metadata={"help": f"output folder: {CHATS_FILE} and manifest.json"})
     instruction_field: str = field(default="instruction", metadata={"help": "the task's instruction"})
     instances_field: str = field(default="instances", metadata={"help": "the list of {input, output} instances"})
     input_field: str = field(default="input", metadata={"help": "an instance's input (may be empty)"})
     output_field: str = field(default="output", metadata={"help": "an instance's answer"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unusable task instead of skipping it"})
-
-    def __post_init__(self) -> None:
-        require(bool(self.input), "input", "must not be empty")
-        require(bool(self.out), "out", "must not be empty")
 
 
 def task_chats(task: Any, cfg: AlpacaConvertConfig) -> list[list[dict[str, str]]] | str:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lingraft.data_prep.readers import SourceConfig
-from lingraft.config import ConfigError, require
+from lingraft.config import ConfigError, OutputPath, require
 
 NormalForm = Literal["NFC", "NFKC", "NFD", "NFKD", "none"]
 
@@ -83,18 +83,17 @@ class CleanStageConfig:
 
     sources: list[SourceConfig] = field(metadata={
         "help": "a corpus path (or a YAML mapping such as '{path: en.jsonl, weight: 0.1}')"})
-    out: str = field(metadata={"help": "output folder (written atomically)"})
+    out: OutputPath = field(metadata={"help": "output folder (written atomically)"})
     clean: CleanConfig = field(default_factory=CleanConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     part_chars: int = field(default=4_000_000, metadata={"help": "a new part starts once a part holds this many characters"})
     strict: bool = field(default=False, metadata={"help": "fail on the first bad input record instead of dropping it"})
 
     def __post_init__(self) -> None:
-        require(len(self.sources) >= 1, "sources", "at least one source is needed")
+        require(len(self.sources) >= 1, "sources", "give at least one source")
         seen: dict[str, int] = {}
         for i, src in enumerate(self.sources):
             require(src.name not in seen, f"sources[{i}].name",
                     f"'{src.name}' is also the name of sources[{seen.get(src.name)}]; names must be unique")
             seen[src.name] = i
         require(self.part_chars >= 1, "part_chars", f"must be >= 1, got {self.part_chars}")
-        require(bool(self.out), "out", "must not be empty")

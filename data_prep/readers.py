@@ -15,7 +15,7 @@ from typing import IO, Any, Iterator, Literal
 
 from lingraft.data_prep.compressed import CorruptFileError, open_binary
 from lingraft.data_prep.records import Document, DropLog
-from lingraft.config import require
+from lingraft.config import DatasetRef, require
 from lingraft.errors import LingraftError
 from lingraft.manifest import MANIFEST_NAME
 
@@ -32,7 +32,7 @@ _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 @dataclass
 class SourceConfig:
     """One corpus in the mix."""
-    path: str                          # a file, a folder of files, or (format: hf) a hub id / local dataset
+    path: DatasetRef                   # a file, a folder of files, or (format: hf) a hub id / local dataset
     name: str = ""                     # label in manifests; defaults to the file stem
     format: SourceFormat = "auto"
     text_field: str = "text"
@@ -46,7 +46,6 @@ class SourceConfig:
     exclude: dict[str, list[str]] = field(default_factory=dict)   # leave out records with a listed value
 
     def __post_init__(self) -> None:
-        require(bool(self.path), "path", "must not be empty")
         require(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
         for key in ("include", "exclude"):
             for name, values in getattr(self, key).items():

@@ -4,19 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 
 @dataclass
 class SftPackConfig:
     """Render chat data with the model's chat template into packed shards with an assistant-only loss mask."""
 
-    input: list[str] = field(metadata={"help": "messages JSONL files (.gz/.xz/.zst/.bz2 ok), one chat per line"})
-    tokenizer: str = field(metadata={"help": "the model folder (its tokenizer and chat template)"})
-    out: str = field(metadata={"help": "output folder of packed shards"})
+    input: list[Path] = field(metadata={"help": "messages JSONL files (.gz/.xz/.zst/.bz2 ok), one chat per line"})
+    tokenizer: ModelRef = field(metadata={"help": "the model folder (its tokenizer and chat template)"})
+    out: OutputPath = field(metadata={"help": "output folder of packed shards"})
     seq_len: int = field(default=2048, metadata={
         "help": "tokens per training sample; a longer chat is truncated (data_prep/chat.py documents the rule)"})
-    chat_template: str | None = field(default=None, metadata={
+    chat_template: Path | None = field(default=None, metadata={
         "help": "a .jinja file to render with instead of the tokenizer's own template"})
     messages_field: str = field(default="messages", metadata={"help": "the JSON field holding the message list"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unusable chat instead of skipping it"})

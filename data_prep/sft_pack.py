@@ -185,7 +185,8 @@ def run_sft_pack(cfg: SftPackConfig) -> Path:
         writer = pack_chats(cfg, tok, template, tmp, drops)
         counts = writer.counts
         if counts.chats == 0:
-            raise LingraftError(f"prep sft: no usable chat in {cfg.input} (skipped: {dict(drops.counts)})")
+            raise LingraftError(f"prep sft: no usable chat in {', '.join(map(str, cfg.input))} "
+                                f"(skipped: {dict(drops.counts)})")
         inputs = {f"input{i}": path for i, path in enumerate(cfg.input)}
         inputs["tokenizer"] = cfg.tokenizer
         if cfg.chat_template:
