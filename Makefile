@@ -17,10 +17,13 @@ $(STAMP): setup.cfg pyproject.toml scripts/bootstrap.sh
 	VENV=$(VENV) TORCH_SPEC='$(TORCH_SPEC)' bash scripts/bootstrap.sh
 	touch $@
 
+# Everything under tests/ (setup.cfg's testpaths): the fast tier tests/unit and the integration
+# tier tests/integration (shared data, 2-rank launches, the wheel installed into a fresh venv
+# running the smoke preset). Under 15 minutes from nothing on 2 cores.
 test: $(STAMP)
 	LINGRAFT_SHARED=$(SHARED) $(PY) -m pytest $(PYTEST_ARGS)
 
-# The fast tier: no shared data, no multi-process training, well under a minute.
+# The fast tier only: no shared data, no multi-process training, well under a minute.
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
