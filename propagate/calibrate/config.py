@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lingraft.config import require
+from lingraft.config import DatasetRef, ModelRef, OutputPath, require
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class PromptSourceConfig:
     """One file of instruction prompts: JSONL (optionally compressed) or a JSON array of objects.
 
     Fields are dotted paths into a record; a number indexes a list, e.g. `messages.0.content`."""
-    path: str
+    path: Path
     name: str = ""                    # label in ids and manifests; defaults to the file stem
     prompt_field: str = "instruction"
     input_field: str | None = None    # appended after a blank line when non-empty (e.g. instances.0.input)
@@ -53,7 +53,6 @@ class PromptSourceConfig:
     limit: int | None = None          # the first `limit` prompts of the file
 
     def __post_init__(self) -> None:
-        require(bool(self.path), "path", "must not be empty")
         require(bool(self.prompt_field), "prompt_field", "must not be empty")
         require(self.limit is None or self.limit > 0, "limit", f"must be > 0, got {self.limit}")
         if not self.name:
@@ -135,7 +134,7 @@ class JudgeConfig:
 @dataclass
 class CopyConfig:
     """'Repeat this text' tasks from corpus passages (none when `corpus` is unset)."""
-    corpus: str | None = None
+    corpus: DatasetRef | None = None
     text_field: str = "text"
     count: int = 500
     min_chars: int = 64
@@ -179,13 +178,14 @@ class CalibrateTrainSettings:
         require(bool(self.lora_layers), "train.lora_layers", "needs at least one block index")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CalibrateConfig:
     """LEP self-calibration: the instruct model's own answers + copy tasks -> fine-tune the propagated model."""
-    instruct: str = field(default="", metadata={"help": "the original instruct model that answers the prompts"})
-    model: str = field(default="", metadata={"help": "the propagated model to fine-tune (`lingraft propagate`)"})
-    out: Path = field(default=Path(""), metadata={"help": "output folder (generation resumes from it)"})
-    prompts: list[PromptSourceConfig] = field(default_factory=list, metadata={
+    instruct: ModelRef = field(metadata={"help": "the original instruct model that answers the prompts"})
+    model: Path | None = field(default=None, metadata={
+        "help": "the propagated model to fine-tune (`lingraft propagate`); needed unless train.enabled is false"})
+    out: OutputPath = field(metadata={"help": "output folder (generation resumes from it)"})
+    prompts: list[PromptSourceConfig] = field(metadata={
         "help": "instruction prompt files (JSONL or JSON array); see prompts[].prompt_field"})
     language: str = field(default="ru", metadata={"help": "picks the script and copy-phrasing defaults"})
     seed: int = 0
@@ -197,12 +197,12 @@ class CalibrateConfig:
     train: CalibrateTrainSettings = field(default_factory=CalibrateTrainSettings)
 
     def __post_init__(self) -> None:
-        require(bool(self.instruct), "instruct", "is required")
-        require(str(self.out) not in ("", "."), "out", "is required")
-        require(bool(self.prompts), "prompts", "at least one prompt file is required")
+        require(Path(self.out) != Path("."), "out", "name a folder of its own, not '.'")
+        require(bool(self.prompts), "prompts", "give at least one prompt file")
         names = [p.name for p in self.prompts]
         require(len(set(names)) == len(names), "prompts", f"source names clash ({names}); set prompts[].name")
-        require(bool(self.model) or not self.train.enabled, "model", "is required unless train.enabled is false")
+        require(self.model is not None or not self.train.enabled, "model",
+                "is required unless train.enabled is false")
         preset = LANGUAGE_PRESETS.get(self.language)
         require(preset is not None or not self.script.enabled or bool(self.script.scripts or self.script.ranges),
                 "script.scripts", f"no preset for language {self.language!r}: set script.scripts or script.ranges")

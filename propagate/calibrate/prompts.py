@@ -115,7 +115,7 @@ def load_prompts(sources: list[PromptSourceConfig], drops: DropLog) -> list[Prom
             prompts.append(Prompt(id=pid, source=src.name, text=text.strip(), where=where))
             taken += 1
     if not prompts:
-        raise LingraftError("no usable prompts in " + ", ".join(s.path for s in sources))
+        raise LingraftError("no usable prompts in " + ", ".join(str(s.path) for s in sources))
     return prompts
 
 

@@ -88,7 +88,7 @@ def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
     from lingraft.train.export import ExportConfig, export
 
     out = Path(cfg.out)
-    sft = run_sft_pack(SftPackConfig(input=[str(calibration)], tokenizer=cfg.model, out=str(out / SFT_DIR),
+    sft = run_sft_pack(SftPackConfig(input=[Path(calibration)], tokenizer=str(cfg.model), out=out / SFT_DIR,
                                      seq_len=cfg.train.seq_len))
     packed = read_manifest(sft)["metrics"]
     steps = cfg.train.max_steps or steps_for(packed["samples"], train_config(cfg, sft, 1), cfg.train.epochs)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 PropagateMethod = Literal["swap", "overlap", "conversion"]
 
@@ -12,15 +13,15 @@ PropagateMethod = Literal["swap", "overlap", "conversion"]
 @dataclass
 class PropagateConfig:
     """Move a base model's adapted vocabulary into an instruct sibling (Learned Embedding Propagation)."""
-    base: str = field(default="", metadata={"help": "B: the original base model (HF folder, hub id or .gguf)"})
-    adapted: str = field(default="", metadata={
+    base: ModelRef = field(metadata={"help": "B: the original base model (HF folder, hub id or .gguf)"})
+    adapted: ModelRef = field(metadata={
         "help": "A: B after vocabulary adaptation and embedding training (`lingraft init` / `lingraft export`)"})
-    instruct: str = field(default="", metadata={"help": "I: an instruct model fine-tuned from B"})
-    out: str = field(default="", metadata={"help": "output folder: I with A's vocabulary"})
+    instruct: ModelRef = field(metadata={"help": "I: an instruct model fine-tuned from B"})
+    out: OutputPath = field(metadata={"help": "output folder: I with A's vocabulary"})
     method: PropagateMethod = field(default="conversion", metadata={
         "help": "swap: A's tables as they are; overlap: map fitted on shared tokens; "
                 "conversion: map fitted on the initialisation transform (LEP's best)"})
-    token_map: str | None = field(default=None, metadata={
+    token_map: Path | None = field(default=None, metadata={
         "help": "conversion: the new-from-old token map (default: A's token_map.safetensors, else rebuilt "
                 "as mean of old pieces)"})
     pad_to_multiple: int = field(default=64, metadata={
@@ -29,8 +30,6 @@ class PropagateConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("base", "adapted", "instruct", "out"):
-            require(bool(getattr(self, key)), key, "is required")
         require(self.method == "conversion" or self.token_map is None, "token_map",
                 f"only used by --method conversion, not {self.method!r}")
         require(self.pad_to_multiple >= 1, "pad_to_multiple", f"must be >= 1, got {self.pad_to_multiple}")

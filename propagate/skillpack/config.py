@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 Precision = Literal["int8", "int4", "float16", "float32"]
 
@@ -12,9 +13,9 @@ Precision = Literal["int8", "int4", "float16", "float32"]
 @dataclass
 class SkillpackCreateConfig:
     """Store ``tuned − base`` as a skill pack: low-rank quantized matrices, sparse table rows."""
-    base: str = field(default="", metadata={"help": "the model the tuned one was fine-tuned from (HF folder)"})
-    tuned: str = field(default="", metadata={"help": "the fine-tuned model (same architecture as base)"})
-    out: str = field(default="", metadata={"help": "output pack folder"})
+    base: ModelRef = field(metadata={"help": "the model the tuned one was fine-tuned from (HF folder)"})
+    tuned: ModelRef = field(metadata={"help": "the fine-tuned model (same architecture as base)"})
+    out: OutputPath = field(metadata={"help": "output pack folder"})
     energy: float = field(default=0.9, metadata={
         "help": "β: each matrix keeps the smallest rank whose singular values hold this fraction of the energy Σs²"})
     top_precision: Precision = field(default="int8", metadata={"help": "precision of the leading singular vectors"})
@@ -26,14 +27,12 @@ class SkillpackCreateConfig:
     language: bool = field(default=False, metadata={
         "help": "a language pack: only the embedding tables, the token map and the tokenizer (the vocabulary "
                 "must have changed); apply it to an instruct sibling with --allow-other-base"})
-    token_map: str | None = field(default=None, metadata={
+    token_map: Path | None = field(default=None, metadata={
         "help": "new-from-old token map when the vocabulary changed (default: the tuned model's "
                 "token_map.safetensors, else rebuilt as the mean of old pieces)"})
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("base", "tuned", "out"):
-            require(bool(getattr(self, key)), key, "is required")
         require(0.0 < self.energy <= 1.0, "energy", f"must be in (0, 1], got {self.energy}")
         require(0.0 <= self.top_fraction <= 1.0, "top_fraction", f"must be in [0, 1], got {self.top_fraction}")
         require(self.group_size >= 0, "group_size", f"must be >= 0, got {self.group_size}")
@@ -42,9 +41,9 @@ class SkillpackCreateConfig:
 @dataclass
 class SkillpackApplyConfig:
     """Rebuild a tuned model: the packs' deltas added to a model, in the order given."""
-    base: str = field(default="", metadata={"help": "the model to apply the packs to (HF folder)"})
-    packs: list[str] = field(default_factory=list, metadata={"help": "pack folder; several apply in order"})
-    out: str = field(default="", metadata={"help": "output Hugging Face folder"})
+    base: ModelRef = field(metadata={"help": "the model to apply the packs to (HF folder)"})
+    packs: list[Path] = field(metadata={"help": "pack folder; several apply in order"})
+    out: OutputPath = field(metadata={"help": "output Hugging Face folder"})
     allow_other_base: bool = field(default=False, metadata={
         "help": "apply a pack to a model other than its base, e.g. an instruct sibling (tensor shapes must "
                 "still match; a new vocabulary's tables are carried over with --method)"})
@@ -56,30 +55,21 @@ class SkillpackApplyConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        require(bool(self.base), "base", "is required")
-        require(bool(self.out), "out", "is required")
-        require(bool(self.packs), "packs", "at least one --pack is required")
+        require(bool(self.packs), "packs", "give at least one --pack")
         require(self.pad_to_multiple >= 1, "pad_to_multiple", f"must be >= 1, got {self.pad_to_multiple}")
 
 
 @dataclass
 class SkillpackVerifyConfig:
     """Measure a pack against the models it was made from: per-module error and size."""
-    pack: str = field(default="", metadata={"help": "pack folder"})
-    base: str = field(default="", metadata={"help": "the pack's base model"})
-    tuned: str = field(default="", metadata={"help": "the tuned model the pack was made from"})
-    report: str | None = field(default=None, metadata={"help": "also write the report as JSON here"})
-
-    def __post_init__(self) -> None:
-        for key in ("pack", "base", "tuned"):
-            require(bool(getattr(self, key)), key, "is required")
+    pack: Path = field(metadata={"help": "pack folder"})
+    base: ModelRef = field(metadata={"help": "the pack's base model"})
+    tuned: ModelRef = field(metadata={"help": "the tuned model the pack was made from"})
+    report: OutputPath | None = field(default=None, metadata={"help": "also write the report as JSON here"})
 
 
 @dataclass
 class SkillpackInspectConfig:
     """Print a pack's manifest: base, kind, and each module's policy, rank, bits and size."""
-    pack: str = field(default="", metadata={"help": "pack folder"})
+    pack: Path = field(metadata={"help": "pack folder"})
     modules: bool = field(default=False, metadata={"help": "list every module, not just the totals"})
-
-    def __post_init__(self) -> None:
-        require(bool(self.pack), "pack", "is required")
