@@ -117,16 +117,24 @@ class AnchorConfig:
 @dataclass
 class DistillConfig:
     """loss = ce_weight * CE + weight * KL(p_teacher ‖ p_model) at positions where the teacher's
-    tokenisation and the model's end a token at the same byte (train/distill.py)."""
-    weight: float = 0.0                      # 0: no distillation, no teacher loaded
+    tokenisation and the model's end a token at the same byte, + chunk_weight * the Bernoulli KL
+    between the two models' likelihoods of the model's next token where it ends on such a byte
+    too (train/distill.py)."""
+    weight: float = 0.0                      # 0 (and chunk_weight 0): no distillation, no teacher loaded
     ce_weight: float = 1.0                   # 1: beside the cross-entropy; 0: instead of it
+    chunk_weight: float = 0.0                # likelihood matching: the only term that reaches new head rows
     teacher: Path | None = None              # default: the source model named in <model>/manifest.json (init)
     teacher_tokenizer: ModelRef | None = None  # default: the old tokenizer init used, else the teacher folder
     shared_ids: str | None = None            # ids both vocabularies share as they are, e.g. 0:49152
     token_map: Path | None = None            # default: <model>/token_map.safetensors (kept/special rows)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the teacher is loaded at all."""
+        return self.weight > 0 or self.chunk_weight > 0
+
     def __post_init__(self) -> None:
-        for key in ("weight", "ce_weight"):
+        for key in ("weight", "ce_weight", "chunk_weight"):
             value = getattr(self, key)
             require(value >= 0 and value != float("inf"), f"distill.{key}", "must be finite and >= 0")
         require(self.shared_ids is None or self.token_map is None, "distill.shared_ids",
@@ -238,8 +246,8 @@ class TrainConfig:
         require(self.backend == "deepspeed" or self.ds_config is None, "ds_config",
                 f"only used with backend=deepspeed (backend is {self.backend!r})")
         require(self.ds_config is None or self.ds_config.is_file(), "ds_config", f"{self.ds_config}: file not found")
-        require(self.distill.weight == 0 or self.trainable in ("embeddings", "new_rows"), "distill.weight",
+        require(not self.distill.enabled or self.trainable in ("embeddings", "new_rows"), "distill.weight",
                 f"distillation trains the tables under a frozen body: trainable=embeddings or new_rows "
                 f"(trainable is {self.trainable!r})")
-        require(self.distill.weight > 0 or self.distill.ce_weight == 1, "distill.ce_weight",
-                "only used with distill.weight > 0 (ce_weight 0 and weight 0 would train nothing)")
+        require(self.distill.enabled or self.distill.ce_weight == 1, "distill.ce_weight",
+                "only used with distill.weight or chunk_weight > 0 (ce_weight 0 alone would train nothing)")

@@ -62,17 +62,63 @@ def kl_at_pairs(logits: torch.Tensor, teacher_logits: torch.Tensor, pairs: torch
     return (log_p.exp() * (log_p - log_q)).sum() / denominator
 
 
+def chunk_kl_at_pairs(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                      teacher_ids: torch.Tensor, teacher_positions: torch.Tensor, pairs: torch.Tensor,
+                      denominator: float) -> torch.Tensor:
+    """Sum over chunks of KL(Bernoulli(p_teacher) ‖ Bernoulli(p_model)), divided by `denominator`.
+
+    A chunk is the model's next token where it ends on the teacher's token boundary too: two
+    consecutive pairs (i, j), (i + 1, j') of one document. p_model is the model's probability of
+    that token (labels[i]) over its whole vocabulary; p_teacher the teacher's probability of
+    the same bytes, its tokens j+1..j' read one by one. Matching the two likelihoods (as ALM,
+    Minixhofer et al. 2025, does over aligned chunks) reaches what the shared-token KL cannot:
+    the rows of new tokens, in the head as well as in the input table. Gradients flow into
+    `logits` only; no chunk gives 0.
+    """
+    chunk = (pairs[:, :-1, 0] >= 0) & (pairs[:, 1:, 0] == pairs[:, :-1, 0] + 1)
+    rows, k = chunk.nonzero(as_tuple=True)
+    if not rows.numel():
+        return logits.sum() * 0.0
+    i, j, j_next = pairs[rows, k, 0], pairs[rows, k, 1], pairs[rows, k + 1, 1]
+    same_doc = teacher_positions[rows, j_next] - teacher_positions[rows, j] == j_next - j
+    rows, i, j, j_next = rows[same_doc], i[same_doc], j[same_doc], j_next[same_doc]
+    model = logits[rows, i].float()
+    log_q = model.gather(-1, labels[rows, i].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(model, dim=-1)
+    with torch.no_grad():
+        teacher = teacher_logits.float()
+        step_logp = teacher[:, :-1].gather(-1, teacher_ids[:, 1:].unsqueeze(-1)).squeeze(-1) \
+            - torch.logsumexp(teacher[:, :-1], dim=-1)           # log p(token t+1 | tokens <= t)
+        before = torch.nn.functional.pad(step_logp.cumsum(-1), (1, 0))
+        log_p = (before[rows, j_next] - before[rows, j]).clamp(max=0.0)
+    p = log_p.exp()
+    log_1mq, log_1mp = _log1mexp(log_q), _log1mexp(log_p)
+    kl = p * (log_p - log_q) + (1 - p) * (log_1mp - log_1mq)
+    return kl.sum() / denominator
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, stable at both ends (Mächler 2012), floored away from -inf."""
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -0.693, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
 # -- the objective as the loss sees it ---------------------------------------------------------
 
-class Distiller:
-    """The frozen teacher and the loss terms of one run; collects each micro-batch's KL and CE."""
+@dataclass(frozen=True)
+class DistillWeights:
+    kl: float        # the shared-token KL
+    ce: float        # the plain cross-entropy
+    chunk: float     # the chunk-likelihood KL
 
-    def __init__(self, teacher: nn.Module, weight: float, ce_weight: float, shared: SharedTokens, attention: str,
+
+class Distiller:
+    """The frozen teacher and the loss terms of one run; collects each micro-batch's terms."""
+
+    def __init__(self, teacher: nn.Module, weights: DistillWeights, shared: SharedTokens, attention: str,
                  doc_mask: bool) -> None:
-        self.teacher, self.weight, self.ce_weight, self.shared = teacher, weight, ce_weight, shared
+        self.teacher, self.weights, self.shared = teacher, weights, shared
         self.attention, self.doc_mask = attention, doc_mask
-        self._kls: list[torch.Tensor] = []
-        self._ces: list[torch.Tensor] = []
+        self._terms: dict[str, list[torch.Tensor]] = {"distill_kl": [], "distill_chunk_kl": [], "ce": []}
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,21 +127,24 @@ class Distiller:
 
     def loss(self, ce: torch.Tensor, logits: torch.Tensor, batch: dict[str, torch.Tensor],
              pairs: float) -> torch.Tensor:
-        """ce_weight * this micro-batch's CE share + weight * its share of the step's KL (summed
-        here, divided by the step's `pairs`); both shares are kept for `step_metrics`."""
-        kl = kl_at_pairs(logits, self.teacher_logits(batch), batch[PAIRS], self.shared.model_cols,
-                         self.shared.ref_cols, pairs)
-        self._kls.append(kl.detach())
-        self._ces.append(ce.detach())
-        # ce_weight 0 leaves the CE out of the graph (0 * CE would still backpropagate through it).
-        return self.weight * kl + (self.ce_weight * ce if self.ce_weight else 0.0)
+        """The weighted sum of this micro-batch's CE share and its shares of the step's KL terms
+        (summed here, divided by the step's `pairs`); every share is kept for `step_metrics`."""
+        w = self.weights
+        teacher = self.teacher_logits(batch)
+        kl = kl_at_pairs(logits, teacher, batch[PAIRS], self.shared.model_cols, self.shared.ref_cols, pairs)
+        chunk = chunk_kl_at_pairs(logits, batch["labels"], teacher, batch[TEACHER_IDS], batch[TEACHER_POSITIONS],
+                                  batch[PAIRS], pairs) if w.chunk else torch.zeros((), device=logits.device)
+        for name, term in (("distill_kl", kl), ("distill_chunk_kl", chunk), ("ce", ce)):
+            self._terms[name].append(term.detach())
+        # A weight of 0 leaves its term out of the graph (0 * term would still backpropagate through it).
+        return sum((weight * term for weight, term in ((w.kl, kl), (w.chunk, chunk), (w.ce, ce)) if weight),
+                   torch.zeros((), device=logits.device))
 
     def step_metrics(self, pairs: float, device: torch.device) -> dict[str, float]:
-        """The step's per-pair KL and per-target CE over all ranks (collectives), and its pair count."""
+        """The step's per-pair KL terms and per-target CE over all ranks (collectives), and its pair count."""
         from lingraft.train.backends.base import global_step_loss
-        kls, ces, self._kls, self._ces = self._kls, self._ces, [], []
-        return {"distill_kl": global_step_loss(kls, device), "ce": global_step_loss(ces, device),
-                "distill_pairs": pairs}
+        terms, self._terms = self._terms, {name: [] for name in self._terms}
+        return {**{name: global_step_loss(values, device) for name, values in terms.items()}, "distill_pairs": pairs}
 
 
 # -- the teacher ---------------------------------------------------------------------------------
@@ -117,7 +166,7 @@ def resolve_teacher(cfg: TrainConfig) -> TeacherSpec:
             manifest = {}
         source = (manifest.get("inputs", {}).get("model") or {}).get("path") if manifest.get("stage") == "init" else None
         if not source:
-            raise LingraftError(f"distill.weight={cfg.distill.weight} needs a teacher (the original model) but "
+            raise LingraftError(f"distillation needs a teacher (the original model) but "
                                 f"distill.teacher is not set and {cfg.model} has no `lingraft init` manifest naming "
                                 "its source model; set distill.teacher")
         given, old_tokenizer = Path(source), manifest.get("params", {}).get("old_tokenizer")
@@ -137,7 +186,7 @@ def _load_tokenizer(spec: str | Path, setting: str):
 def teacher_inputs(cfg: TrainConfig) -> TeacherInputs | None:
     """The data stream's teacher tokenisation, or None without distillation. Every bad input
     (no teacher, no tokenizer, a tokenizer larger than its model) fails here, before any work."""
-    if cfg.distill.weight == 0:
+    if not cfg.distill.enabled:
         return None
     from transformers import AutoConfig
 
@@ -172,15 +221,17 @@ def shared_columns(cfg: TrainConfig, model_vocab: int, teacher_vocab: int) -> Sh
 
 def build_distiller(cfg: TrainConfig, model_vocab: int, device: torch.device, dtype: torch.dtype, attention: str,
                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Distiller | None:
-    """The run's distillation, or None when distill.weight is 0 (no teacher is loaded at all).
+    """The run's distillation, or None when it is off (no teacher is loaded at all).
 
     `wrap` is the backend's way of holding the teacher like the trained model (sharding).
     """
-    if cfg.distill.weight == 0:
+    if not cfg.distill.enabled:
         return None
     spec = resolve_teacher(cfg)
     teacher = load_reference(spec.model, device, dtype, attention)
     shared = shared_columns(cfg, model_vocab, teacher.config.vocab_size).to(device)
-    log.info("distill: KL(p_teacher || p_model) x %g + CE x %g, teacher %s (tokenizer %s), %d shared tokens",
-             cfg.distill.weight, cfg.distill.ce_weight, spec.model, spec.tokenizer, shared.model_cols.numel())
-    return Distiller(wrap(teacher), cfg.distill.weight, cfg.distill.ce_weight, shared, attention, cfg.doc_mask)
+    log.info("distill: KL(p_teacher || p_model) x %g + chunk likelihood KL x %g + CE x %g, teacher %s "
+             "(tokenizer %s), %d shared tokens", cfg.distill.weight, cfg.distill.chunk_weight, cfg.distill.ce_weight,
+             spec.model, spec.tokenizer, shared.model_cols.numel())
+    return Distiller(wrap(teacher), DistillWeights(cfg.distill.weight, cfg.distill.ce_weight, cfg.distill.chunk_weight),
+                     shared, attention, cfg.doc_mask)

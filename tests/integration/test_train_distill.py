@@ -151,6 +151,18 @@ def test_distillation_alone_lowers_the_kl_and_leaves_old_rows_alone(pair, tmp_pa
     assert not any(v for k, v in changed.items() if k not in ("model.embed_tokens.weight", "lm_head.weight"))
 
 
+def test_the_chunk_term_alone_trains_new_head_rows(pair, tmp_path):
+    """The shared-token KL cannot reach the head's new rows; the chunk-likelihood KL does."""
+    from lingraft.train.loop import train
+    train(run_config(pair, tmp_path / "run", max_steps=3,
+                     **{"distill.weight": 0.0, "distill.chunk_weight": 1.0, "distill.ce_weight": 0.0}))
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["loss"] == pytest.approx(r["distill_chunk_kl"], rel=1e-5) and r["distill_chunk_kl"] > 0
+               for r in rows)
+    changed = export_and_compare(tmp_path / "run", pair.student, tmp_path / "hf")
+    assert changed["lm_head.weight"] and changed["lm_head.weight"] <= new_row_ids(pair)
+
+
 def test_beside_the_cross_entropy_and_an_exact_resume(pair, tmp_path):
     from lingraft.train.loop import train
     settings = {"distill.weight": 0.5, "trainable": "embeddings"}
