@@ -42,14 +42,11 @@ def eval_sets(work: Path) -> dict[str, str]:
 
 
 def bpc(model: str, sets: dict[str, str], max_chars: int, out: Path) -> dict[str, float]:
-    from lingraft.evaluation.results import read_result
-    scores = {}
-    for name, data in sets.items():
-        result = out / f"bpc_{name}.json"
-        lingraft("eval", "bpc", "--model", model, "--data", data, "--name", name, "--max-chars", max_chars,
-                 "--max-length", 512, "--out", result)
-        scores[name] = read_result(result)["bits_per_char"]
-    return scores
+    """One `lingraft eval bpc` over every set: the model loads once, one record per set."""
+    from lingraft.evaluation.results import read_results
+    data = [arg for name, path in sets.items() for arg in ("--data", f"{name}={path}")]
+    lingraft("eval", "bpc", "--model", model, *data, "--max-chars", max_chars, "--max-length", 512, "--out", out)
+    return {r.label: r.metrics["bits_per_char"] for r in read_results(out)}
 
 
 def init_args(method: str, work: Path, model: str) -> list[str]:

@@ -1,48 +1,103 @@
 """Configs of the `lingraft eval` commands.
 
 Light on purpose (no torch/transformers import) so `lingraft --help` stays fast.
+
+Every task command takes one or more models (`model`, repeatable) and one or more data sets,
+and scores every (model, data set) pair into one output folder (evaluation/pairs.py). A model
+is a `ModelRef` string: a HF folder, a .gguf file or a hub id, optionally `name=spec`. A data
+set is a `DataSet` (its `path` a local input), written `[name=]FILE[@field]` on the command
+line or as a mapping in YAML.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+McFormat = Literal["generic", "parus", "rcb", "rwsd", "rucola", "russe"]
+_SUFFIXES = (".xz", ".gz", ".zst", ".bz2", ".jsonl", ".json", ".txt", ".parquet", ".csv")
 
 
-@dataclass
+def file_stem(path: str | Path) -> str:
+    """`ud_russian_sentences.jsonl.xz` -> `ud_russian_sentences`: the default name of a data set."""
+    stem = Path(path).name
+    for suffix in _SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return stem
+
+
+@dataclass(kw_only=True)
+class DataSet:
+    """A text file (jsonl, txt, parquet, a prepared folder; compressed ok) and its name in results."""
+    path: Path
+    name: str = ""                       # default: the file's stem
+    text_field: str | None = None        # default: the command's text_field
+
+    def __post_init__(self) -> None:
+        self.name = self.name or file_stem(self.path)
+        require("/" not in self.name, "name", f"a data set name has no '/', got {self.name!r}")
+
+    @classmethod
+    def from_string(cls, spec: str) -> dict:
+        """`[name=]FILE[@field]`; an existing file whose name holds '=' or '@' is taken as it is."""
+        name, rest = spec.split("=", 1) if "=" in spec and not Path(spec).exists() else ("", spec)
+        path, text_field = rest.rsplit("@", 1) if "@" in rest and not Path(rest).exists() else (rest, None)
+        return {"path": path, "name": name, "text_field": text_field}
+
+    def field_or(self, default: str) -> str:
+        return self.text_field or default
+
+
+@dataclass(kw_only=True)
+class McTask:
+    """A multiple-choice set: its FORMAT (how to read it) and file; `FORMAT=FILE` on the command line."""
+    format: McFormat
+    path: Path
+    name: str = ""                       # default: the format, or the file's stem for generic
+
+    def __post_init__(self) -> None:
+        self.name = self.name or (file_stem(self.path) if self.format == "generic" else self.format)
+
+    @classmethod
+    def from_string(cls, spec: str) -> dict:
+        fmt, sep, path = spec.partition("=")
+        return {"format": fmt, "path": path} if sep else {"format": "generic", "path": spec}
+
+
+@dataclass(kw_only=True)
 class ModelOptions:
-    """How a model is loaded; mixed into every task config as top-level fields."""
-    model: str = field(default="", metadata={"help": "model: HF folder, .gguf file or hub id; name=spec names it"})
-    out: str = field(default="", metadata={"help": "write the result here as JSON"})
+    """The models and how they are loaded; mixed into every task config as top-level fields."""
+    model: list[ModelRef] = field(metadata={
+        "help": "model: HF folder, .gguf file or hub id; name=spec names it; several: every one is scored"})
+    out: OutputPath = field(metadata={"help": "output folder: results.jsonl (one record per model and data set), "
+                                        "report.md, manifest.json"})
     dtype: Dtype = field(default="auto", metadata={"help": "auto: bfloat16 on GPU, float32 on CPU"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1..."})
     trust_remote_code: bool = False
     seed: int = field(default=0, metadata={"help": "seed of everything random (few-shot draws)"})
 
-    def _check_model(self) -> None:
-        require(bool(self.model), "model", "give a model (HF folder, .gguf file or hub id)")
-        require(bool(self.out), "out", "give an output JSON path")
+    def _check_models(self) -> None:
+        require(bool(self.model), "model", "give at least one model")   # an explicit empty list
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BpcEvalConfig(ModelOptions):
     """Bits per character and per byte on held-out text (sliding window)."""
-    data: str = field(default="", metadata={"help": "text file (jsonl, txt, parquet; compressed ok)"})
+    data: list[DataSet] = field(metadata={"help": "data set: [name=]FILE[@field]; several: every one is scored"})
     text_field: str = field(default="text", metadata={"help": "JSON/parquet field holding the text"})
-    name: str | None = field(default=None, metadata={"help": "label of the data in reports (default: file stem)"})
     max_length: int = field(default=1024, metadata={"help": "most tokens of context a scored token sees"})
     stride: int | None = field(default=None, metadata={
         "help": "new tokens scored per window (default max_length: no overlap)"})
     batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward pass"})
-    max_docs: int | None = field(default=None, metadata={"help": "score at most this many documents"})
-    max_chars: int | None = field(default=None, metadata={"help": "score at most this many characters"})
+    max_docs: int | None = field(default=None, metadata={"help": "score at most this many documents per set"})
+    max_chars: int | None = field(default=None, metadata={"help": "score at most this many characters per set"})
 
     def __post_init__(self) -> None:
-        self._check_model()
-        require(bool(self.data), "data", "give a text file")
+        self._check_models()
+        require(bool(self.data), "data", "give at least one data set")
         require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
         require(self.stride is None or 1 <= self.stride <= self.max_length, "stride",
                 f"must be in 1..max_length ({self.max_length}), got {self.stride}")
@@ -51,20 +106,19 @@ class BpcEvalConfig(ModelOptions):
         require(self.max_chars is None or self.max_chars > 0, "max_chars", f"must be > 0, got {self.max_chars}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TokenizerEvalConfig(ModelOptions):
-    """Compression statistics of the model's own tokenizer."""
-    data: str = field(default="", metadata={"help": "held-out text file"})
+    """Compression statistics of each model's own tokenizer."""
+    data: list[DataSet] = field(metadata={"help": "held-out data set: [name=]FILE[@field]; repeatable"})
     text_field: str = field(default="text", metadata={"help": "JSON/parquet field holding the text"})
-    name: str | None = field(default=None, metadata={"help": "label of the data in reports"})
-    max_chars: int | None = field(default=None, metadata={"help": "read at most this many characters"})
+    max_chars: int | None = field(default=None, metadata={"help": "read at most this many characters per set"})
 
     def __post_init__(self) -> None:
-        self._check_model()
-        require(bool(self.data), "data", "give a text file")
+        self._check_models()
+        require(bool(self.data), "data", "give at least one data set")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerationOptions:
     """Batched greedy generation through the chat template."""
     batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
@@ -75,12 +129,12 @@ class GenerationOptions:
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CopyEvalConfig(GenerationOptions, ModelOptions):
     """Darumeru-style copy: repeat a sentence or a paragraph verbatim (greedy, chat template)."""
-    sentences: list[str] = field(default_factory=list, metadata={
+    sentences: list[DataSet] = field(default_factory=list, metadata={
         "help": "sentence set: [name=]FILE[@field], one sentence per record"})
-    paragraphs: list[str] = field(default_factory=list, metadata={
+    paragraphs: list[DataSet] = field(default_factory=list, metadata={
         "help": "paragraph set: [name=]FILE[@field]; documents are cut into paragraphs"})
     text_field: str = field(default="text", metadata={"help": "default field of the sets"})
     max_items: int = field(default=50, metadata={"help": "items per set (the first ones, deterministic)"})
@@ -90,7 +144,7 @@ class CopyEvalConfig(GenerationOptions, ModelOptions):
                         metadata={"help": "user message; {text} is replaced by the item"})
 
     def __post_init__(self) -> None:
-        self._check_model()
+        self._check_models()
         self._check_generation()
         require(bool(self.sentences or self.paragraphs), "sentences", "give --sentences and/or --paragraphs")
         require(self.max_items >= 1, "max_items", f"must be >= 1, got {self.max_items}")
@@ -99,10 +153,10 @@ class CopyEvalConfig(GenerationOptions, ModelOptions):
         require("{text}" in self.prompt, "prompt", "must contain {text}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class McEvalConfig(ModelOptions):
     """Multiple choice by log-likelihood: generic JSONL (context, choices, label) or a known set."""
-    task: list[str] = field(default_factory=list, metadata={
+    task: list[McTask] = field(metadata={
         "help": "FORMAT=FILE with FORMAT generic, parus, rcb, rwsd, rucola or russe"})
     num_fewshot: int = field(default=0, metadata={"help": "solved examples put before each item"})
     fewshot_separator: str = field(default="\n\n", metadata={"help": "between few-shot examples"})
@@ -112,49 +166,49 @@ class McEvalConfig(ModelOptions):
     strict: bool = field(default=False, metadata={"help": "a bad item is an error instead of being skipped"})
 
     def __post_init__(self) -> None:
-        self._check_model()
+        self._check_models()
         require(bool(self.task), "task", "give at least one --task FORMAT=FILE")
         require(self.num_fewshot >= 0, "num_fewshot", f"must be >= 0, got {self.num_fewshot}")
         require(self.limit is None or self.limit > 0, "limit", f"must be > 0, got {self.limit}")
         require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SpeedEvalConfig(GenerationOptions, ModelOptions):
-    """Generation throughput, tokens/s and characters/s, of a model and (optionally) its original."""
-    baseline: str | None = field(default=None, metadata={"help": "the original model, run on the same prompts"})
-    data: str = field(default="", metadata={"help": "prompts file (jsonl, txt...)"})
+    """Generation throughput, tokens/s and characters/s, of models and (optionally) their original."""
+    baseline: ModelRef | None = field(default=None, metadata={
+        "help": "the original model, run first on the same prompts; the others' records get *_vs_baseline"})
+    data: list[DataSet] = field(metadata={"help": "prompts file: [name=]FILE[@field]; repeatable"})
     text_field: str = field(default="text", metadata={"help": "field holding the prompt"})
     max_prompts: int = field(default=16, metadata={"help": "prompts used (the first ones)"})
     ignore_eos: bool = field(default=False, metadata={"help": "always generate max_new_tokens"})
     repeats: int = field(default=1, metadata={"help": "timed passes over the prompts (after one warm-up)"})
 
     def __post_init__(self) -> None:
-        self._check_model()
+        self._check_models()
         self._check_generation()
-        require(bool(self.data), "data", "give a prompts file")
+        require(bool(self.data), "data", "give at least one prompts file")
         require(self.max_prompts >= 1, "max_prompts", f"must be >= 1, got {self.max_prompts}")
         require(self.repeats >= 1, "repeats", f"must be >= 1, got {self.repeats}")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReportConfig:
-    """Side by side: several models' result JSONs -> report.json, report.md, report.png."""
-    result: list[str] = field(default_factory=list, metadata={
-        "help": "result JSON of any eval task, or a folder of them"})
-    out: str = field(default="", metadata={"help": "output folder"})
+    """Side by side: the records of several eval outputs -> results.jsonl, report.json, report.md, report.png."""
+    result: list[Path] = field(metadata={
+        "help": "an eval output folder or its results.jsonl (or an earlier result JSON, or a folder of them)"})
+    out: OutputPath = field(metadata={"help": "output folder"})
 
     def __post_init__(self) -> None:
-        require(bool(self.result), "result", "give at least one result JSON")
-        require(bool(self.out), "out", "give an output folder")
+        require(bool(self.result), "result", "give at least one eval result")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class HarnessConfig:
     """Run lm-evaluation-harness (`lm_eval --model hf`) on a model, when it is installed."""
-    model: str = field(default="", metadata={"help": "HF model folder"})
-    tasks: list[str] = field(default_factory=list, metadata={"help": "lm_eval task names"})
-    out: str = field(default="", metadata={"help": "output folder (lm_eval --output_path)"})
+    model: Path = field(metadata={"help": "HF model folder"})
+    tasks: list[str] = field(metadata={"help": "lm_eval task names"})
+    out: OutputPath = field(metadata={"help": "output folder (lm_eval --output_path)"})
     num_fewshot: int | None = None
     batch_size: str = "auto"
     device: str = "cpu"
@@ -162,6 +216,4 @@ class HarnessConfig:
     extra: list[str] = field(default_factory=list, metadata={"help": "extra lm_eval arguments, verbatim"})
 
     def __post_init__(self) -> None:
-        require(bool(self.model), "model", "give a model folder")
         require(bool(self.tasks), "tasks", "give at least one lm_eval task")
-        require(bool(self.out), "out", "give an output folder")

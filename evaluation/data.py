@@ -43,12 +43,3 @@ def read_texts(path: str, text_field: str = "text", max_docs: int | None = None,
         raise LingraftError(f"{path}: no text to evaluate (empty file?)")
     return texts
 
-
-def parse_set_spec(spec: str, default_field: str) -> tuple[str, str, str]:
-    """`[name=]FILE[@field]` -> (name, file, field); the name defaults to the file's stem."""
-    name, rest = (spec.split("=", 1) if "=" in spec and not Path(spec).exists() else ("", spec))
-    path, field = (rest.rsplit("@", 1) if "@" in rest and not Path(rest).exists() else (rest, default_field))
-    stem = Path(path).name
-    for suffix in (".xz", ".gz", ".zst", ".bz2", ".jsonl", ".json", ".txt", ".parquet", ".csv"):
-        stem = stem.removesuffix(suffix)
-    return name or stem, path, field

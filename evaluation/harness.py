@@ -28,7 +28,7 @@ def harness_command(cfg: HarnessConfig) -> list[str]:
     cmd = [sys.executable, "-m", "lm_eval", "--model", "hf",
            "--model_args", f"pretrained={folder},tokenizer={folder}",
            "--tasks", ",".join(cfg.tasks), "--batch_size", cfg.batch_size, "--device", cfg.device,
-           "--output_path", cfg.out]
+           "--output_path", str(cfg.out)]
     if cfg.num_fewshot is not None:
         cmd += ["--num_fewshot", str(cfg.num_fewshot)]
     if cfg.limit is not None:

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.bpc import Window, score_windows, start_token_id
 from lingraft.evaluation.config import McEvalConfig
-from lingraft.evaluation.data import parse_set_spec
 from lingraft.evaluation.mc_adapters import source_records
-from lingraft.evaluation.models import load_model
-from lingraft.evaluation.results import write_result
+from lingraft.evaluation.models import LoadedModel, load_model
+from lingraft.evaluation.pairs import EvalSet, Measured, run_pairs
+from lingraft.evaluation.results import EvalResult
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 
@@ -146,31 +147,23 @@ def score_items(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerFast", 
     return loglik
 
 
-def run_mc(cfg: McEvalConfig) -> dict[str, Any]:
-    tasks = []
-    for spec in cfg.task:
-        fmt, sep, path = spec.partition("=")
-        if not sep:
-            raise LingraftError(f"--task {spec!r}: write FORMAT=FILE (e.g. parus=parus.jsonl)")
+def run_mc(cfg: McEvalConfig) -> list[EvalResult]:
+    sets = []
+    for task in cfg.task:
         drops = DropLog(strict=cfg.strict)
-        name = fmt if fmt != "generic" else parse_set_spec(path, "")[0]
-        tasks.append((name, path, load_items(fmt, path, cfg.limit, drops), drops))
-    names = [t[0] for t in tasks]
-    if len(set(names)) != len(names):
-        raise LingraftError(f"task names clash: {names}")
-    loaded = load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
-    results: dict[str, Any] = {}
-    for name, _path, items, drops in tasks:
+        sets.append(EvalSet(task, task.name, Path(task.path), (load_items(task.format, str(task.path), cfg.limit, drops),
+                                                               drops)))
+
+    def measure(loaded: LoadedModel, data: EvalSet[tuple[list[McItem], DropLog]]) -> Measured:
+        items, drops = data.items
         prompts = prompts_with_shots(items, cfg.num_fewshot, cfg.fewshot_separator, cfg.seed)
         loglik = score_items(loaded.model, loaded.tokenizer, items, prompts, cfg.max_length, cfg.batch_tokens,
-                             desc=f"mc {name}")
-        results[name] = {**accuracy(items, loglik), "skipped": drops.total, "skipped_reasons": drops.to_json()}
-        log.info("mc %s: acc %.4f, acc_norm %.4f (%d questions, %d skipped)", name, results[name]["acc"],
-                 results[name]["acc_norm"], results[name]["n_questions"], drops.total)
-        print(f"{loaded.name} {name}: acc {results[name]['acc']:.4f}  acc_norm {results[name]['acc_norm']:.4f}  "
-              f"({results[name]['n_questions']} questions, {drops.total} skipped)")
-    metrics = {"acc": fmean(r["acc"] for r in results.values()),
-               "acc_norm": fmean(r["acc_norm"] for r in results.values()),
-               "num_fewshot": cfg.num_fewshot, "tasks": results}
-    return write_result(cfg.out, "mc", loaded.name, "+".join(names), metrics, cfg,
-                        {name: path for name, path, _, _ in tasks}, loaded.describe())
+                             desc=f"mc {loaded.name} {data.name}")
+        metrics = {**accuracy(items, loglik), "skipped": drops.total, "num_fewshot": cfg.num_fewshot}
+        print(f"{loaded.name} {data.name}: acc {metrics['acc']:.4f}  acc_norm {metrics['acc_norm']:.4f}  "
+              f"({metrics['n_questions']} questions, {drops.total} skipped)")
+        return metrics, {"skipped_reasons": drops.to_json()}
+
+    return run_pairs("mc", cfg, sets, measure,
+                     lambda spec: load_model(spec, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed),
+                     axes=("model", "task"))

@@ -1,75 +1,57 @@
-"""`lingraft eval report`: several models' results side by side.
+"""`lingraft eval report`: several eval outputs side by side.
 
-Input: any number of result JSONs written by the eval tasks (any mix of tasks and models).
-Output folder:
-  report.json  {"models": [...], "metrics": [...], "lower_is_better": {metric: bool},
-                "values": {model: {metric: number or null}}, "sources": [paths]}
-  report.md    one row per metric, one column per model (best value in bold)
-  report.png   one bar chart per metric
+Input: any number of eval outputs (folders holding results.jsonl, written by the eval tasks;
+any mix of tasks and models). Output folder:
+  results.jsonl  every record of the inputs, in the order given (one result set)
+  report.json    {"models": [...], "metrics": [...], "lower_is_better": {metric: bool},
+                  "values": {model: {metric: number or null}}, "sources": [paths]}
+  report.md      one row per metric, one column per model (best value in bold)
+  report.png     one bar chart per metric
 A metric is named task/label/key, e.g. bpc/ud_russian/bits_per_char or mc/parus/acc_norm.
+Each eval task writes the same report.md of its own records (evaluation.pairs).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from lingraft.evaluation.config import ReportConfig
-from lingraft.evaluation.results import HEADLINE, read_result
 from lingraft.atomic import atomic_path, write_json
 from lingraft.errors import LingraftError
+from lingraft.evaluation.config import ReportConfig
+from lingraft.evaluation.results import RESULTS_NAME, EvalResult, read_results, write_results
 from lingraft.log import get_logger
 
 log = get_logger(__name__)
 LOWER_IS_BETTER = {"bits_per_char", "bits_per_byte", "tokens_per_word"}
 
 
-def metrics_of(result: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """{model: {metric: value}} of one result: the task's headline keys, per sub-task for mc, and
-    the baseline's own row for a speed run with --baseline (same prompts, so comparable)."""
-    task, label = result["task"], result["label"]
-    values = {f"{task}/{label}/{key}": result.get(key) for key in HEADLINE[task]}
-    if task == "mc" and len(result.get("tasks", {})) > 1:
-        for sub, sub_result in result["tasks"].items():
-            values.update({f"mc/{sub}/{key}": sub_result[key] for key in HEADLINE["mc"]})
-    rows = {result["model"]: values}
-    if task == "speed" and result.get("baseline"):
-        base = result["baseline"]
-        rows[base["model"]] = {f"speed/{label}/{key}": base[key] for key in HEADLINE["speed"]}
-    return rows
-
-
-def result_paths(specs: list[str]) -> list[str]:
-    """Files as given; a folder stands for the *.json files in it, in name order."""
-    paths = []
-    for spec in specs:
-        folder = Path(spec)
-        paths += sorted(str(p) for p in folder.glob("*.json")) if folder.is_dir() else [spec]
-    if not paths:
-        raise LingraftError(f"no result JSON in {', '.join(specs)}")
-    return paths
-
-
-def build_report(paths: list[str]) -> dict[str, Any]:
+def build_report(records: Sequence[EvalResult], sources: Sequence[str]) -> dict[str, Any]:
     models: list[str] = []
     metrics: list[str] = []
     values: dict[str, dict[str, float | None]] = {}
-    for path in paths:
-        for model, row in metrics_of(read_result(path)).items():
-            if model not in values:
-                models.append(model)
-                values[model] = {}
-            for metric, value in row.items():
-                if metric in values[model]:
-                    raise LingraftError(f"{path}: {model} has {metric} twice; give each result once")
-                if metric not in metrics:
-                    metrics.append(metric)
-                values[model][metric] = value
+    for r in records:
+        if r.model not in values:
+            models.append(r.model)
+            values[r.model] = {}
+        for key, value in r.headline().items():
+            metric = f"{r.task}/{r.label}/{key}"
+            if metric in values[r.model]:
+                raise LingraftError(f"{r.model} has {metric} twice; give each result once")
+            if metric not in metrics:
+                metrics.append(metric)
+            values[r.model][metric] = value
     for model in models:
         for metric in metrics:
             values[model].setdefault(metric, None)
     return {"models": models, "metrics": metrics,
             "lower_is_better": {m: m.rsplit("/", 1)[1] in LOWER_IS_BETTER for m in metrics},
-            "values": values, "sources": [str(p) for p in paths]}
+            "values": values, "sources": [str(p) for p in sources]}
+
+
+def flat_values(report: dict[str, Any]) -> dict[str, float]:
+    """{model/metric: value} of the values present, e.g. {"B/bpc/ud_russian/bits_per_char": 3.42}."""
+    return {f"{model}/{metric}": value for model, row in report["values"].items()
+            for metric, value in row.items() if value is not None}
 
 
 def _best(report: dict[str, Any], metric: str) -> float | None:
@@ -118,10 +100,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def run_report(cfg: ReportConfig) -> dict[str, Any]:
-    report = build_report(result_paths(cfg.result))
+    records = [r for path in cfg.result for r in read_results(path)]
+    if not records:
+        raise LingraftError(f"no eval record in {', '.join(map(str, cfg.result))}")
+    report = build_report(records, [str(p) for p in cfg.result])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(report)
+    write_results(out / RESULTS_NAME, records)
     write_json(out / "report.json", report)
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(table, encoding="utf-8")

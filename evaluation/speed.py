@@ -7,16 +7,19 @@ adapted model can be faster in characters/s even at equal tokens/s.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from lingraft.evaluation.config import SpeedEvalConfig
-from lingraft.evaluation.data import parse_set_spec, read_texts
 from lingraft.evaluation.generation import chat_prompt_ids, timed_generate
-from lingraft.evaluation.models import LoadedModel, load_model
-from lingraft.evaluation.results import write_result
+from lingraft.evaluation.models import LoadedModel, load_model, split_name
+from lingraft.evaluation.pairs import EvalSet, Measured, run_pairs
+from lingraft.evaluation.results import EvalResult
+from lingraft.evaluation.text_tasks import text_sets
 from lingraft.log import get_logger
 
 log = get_logger(__name__)
+RATIOS = ("tokens_per_s", "chars_per_s")
 
 
 def measure(loaded: LoadedModel, prompts: list[str], cfg: SpeedEvalConfig) -> dict[str, Any]:
@@ -39,21 +42,30 @@ def measure(loaded: LoadedModel, prompts: list[str], cfg: SpeedEvalConfig) -> di
     return result
 
 
-def run_speed(cfg: SpeedEvalConfig) -> dict[str, Any]:
-    prompts = read_texts(cfg.data, cfg.text_field, max_docs=cfg.max_prompts)
-    loaded = load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
-    metrics = measure(loaded, prompts, cfg)
-    meta = loaded.describe()
-    del loaded
-    if cfg.baseline:
-        base = load_model(cfg.baseline, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
-        metrics["baseline"] = {"model": base.name, **measure(base, prompts, cfg)}
-        for key in ("tokens_per_s", "chars_per_s"):
-            metrics[f"{key}_vs_baseline"] = metrics[key] / metrics["baseline"][key]
-        meta["baseline"] = base.describe()
-    line = f"{meta['model']}: {metrics['tokens_per_s']:.1f} tokens/s, {metrics['chars_per_s']:.1f} chars/s"
-    if cfg.baseline:
-        line += f" ({metrics['chars_per_s_vs_baseline']:.2f}x the chars/s of {metrics['baseline']['model']})"
-    print(line)
-    return write_result(cfg.out, "speed", meta["model"], parse_set_spec(cfg.data, cfg.text_field)[0], metrics, cfg,
-                        {"data": cfg.data}, meta)
+def with_ratios(records: list[EvalResult], baseline: str) -> list[EvalResult]:
+    """Each other model's record gains tokens_per_s_vs_baseline and chars_per_s_vs_baseline
+    (the baseline's record of the same prompts divides)."""
+    base = {r.label: r.metrics for r in records if r.model == baseline}
+    done = []
+    for r in records:
+        if r.model != baseline:
+            ratios = {f"{k}_vs_baseline": r.metrics[k] / base[r.label][k] for k in RATIOS}
+            r = replace(r, metrics={**r.metrics, **ratios}, meta={**r.meta, "baseline": baseline})
+            print(f"{r.model} on {r.label}: {ratios['chars_per_s_vs_baseline']:.2f}x the chars/s of {baseline}")
+        done.append(r)
+    return done
+
+
+def run_speed(cfg: SpeedEvalConfig) -> list[EvalResult]:
+    """Every model on every prompts file; with a baseline, the baseline first."""
+    def measure_pair(loaded: LoadedModel, data: EvalSet[list[str]]) -> Measured:
+        metrics = measure(loaded, data.items, cfg)
+        print(f"{loaded.name} on {data.name}: {metrics['tokens_per_s']:.1f} tokens/s, "
+              f"{metrics['chars_per_s']:.1f} chars/s")
+        return metrics, {}
+
+    models = ([cfg.baseline] if cfg.baseline else []) + list(cfg.model)
+    finish = (lambda records: with_ratios(records, split_name(cfg.baseline)[0])) if cfg.baseline else None
+    return run_pairs("speed", cfg, text_sets(cfg.data, cfg.text_field, max_docs=cfg.max_prompts), measure_pair,
+                     lambda spec: load_model(spec, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed),
+                     axes=("model", "data"), models=models, finish=finish)

@@ -2,46 +2,77 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lingraft.evaluation.bpc import bits_per_character
-from lingraft.evaluation.config import BpcEvalConfig, TokenizerEvalConfig
-from lingraft.evaluation.data import parse_set_spec, read_texts
-from lingraft.evaluation.models import load_model, split_name
-from lingraft.evaluation.results import write_result
+from lingraft.evaluation.config import BpcEvalConfig, DataSet, TokenizerEvalConfig
+from lingraft.evaluation.data import read_texts
+from lingraft.evaluation.models import LoadedModel, load_model, split_name
+from lingraft.evaluation.pairs import EvalSet, Measured, run_pairs
+from lingraft.evaluation.results import EvalResult
 from lingraft.log import get_logger
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 log = get_logger(__name__)
 
 
-def run_bpc(cfg: BpcEvalConfig) -> dict[str, Any]:
-    texts = read_texts(cfg.data, cfg.text_field, cfg.max_docs, cfg.max_chars)
-    loaded = load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
-    start = time.perf_counter()
-    result = bits_per_character(loaded.model, loaded.tokenizer, texts, max_length=cfg.max_length,
-                                batch_tokens=cfg.batch_tokens, stride=cfg.stride, desc=f"bpc {loaded.name}")
-    seconds = time.perf_counter() - start
-    log.info("%s: %.4f bits/char, %.4f bits/byte over %d chars, %d tokens (%.1f s, %.0f chars/s)", loaded.name,
-             result.bits_per_character, result.bits_per_byte, result.characters, result.tokens, seconds,
-             result.characters / seconds)
-    label = cfg.name or parse_set_spec(cfg.data, cfg.text_field)[0]
-    print(f"{loaded.name} on {label}: {result.bits_per_character:.4f} bits/char, "
-          f"{result.bits_per_byte:.4f} bits/byte ({result.characters:,} chars, {result.tokens:,} tokens)")
-    return write_result(cfg.out, "bpc", loaded.name, label, result.to_json(), cfg, {"data": cfg.data},
-                        {**loaded.describe(), "seconds": seconds, "chars_per_s": result.characters / seconds})
+def text_sets(data: list[DataSet], text_field: str, max_docs: int | None = None,
+              max_chars: int | None = None) -> list[EvalSet[list[str]]]:
+    return [EvalSet(d, d.name, Path(d.path), read_texts(str(d.path), d.field_or(text_field), max_docs, max_chars))
+            for d in data]
 
 
-def run_tokenizer(cfg: TokenizerEvalConfig) -> dict[str, Any]:
+def run_bpc(cfg: BpcEvalConfig) -> list[EvalResult]:
+    def measure(loaded: LoadedModel, data: EvalSet[list[str]]) -> Measured:
+        start = time.perf_counter()
+        result = bits_per_character(loaded.model, loaded.tokenizer, data.items, max_length=cfg.max_length,
+                                    batch_tokens=cfg.batch_tokens, stride=cfg.stride,
+                                    desc=f"bpc {loaded.name} {data.name}")
+        seconds = time.perf_counter() - start
+        log.info("%s on %s: %.4f bits/char, %.4f bits/byte over %d chars, %d tokens (%.1f s, %.0f chars/s)",
+                 loaded.name, data.name, result.bits_per_character, result.bits_per_byte, result.characters,
+                 result.tokens, seconds, result.characters / seconds)
+        print(f"{loaded.name} on {data.name}: {result.bits_per_character:.4f} bits/char, "
+              f"{result.bits_per_byte:.4f} bits/byte ({result.characters:,} chars, {result.tokens:,} tokens)")
+        return result.to_json(), {"seconds": seconds, "chars_per_s": result.characters / seconds}
+
+    return run_pairs("bpc", cfg, text_sets(cfg.data, cfg.text_field, cfg.max_docs, cfg.max_chars), measure,
+                     lambda spec: load_model(spec, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed),
+                     axes=("model", "data"))
+
+
+@dataclass
+class LoadedTokenizer:
+    name: str
+    folder: Path
+    tokenizer: "PreTrainedTokenizerFast"
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "model_path": str(self.folder), "vocab_size": len(self.tokenizer)}
+
+
+def run_tokenizer(cfg: TokenizerEvalConfig) -> list[EvalResult]:
+    from lingraft.hf_folder import resolve_model
     from lingraft.vocabulary.loading import load_tokenizer
     from lingraft.vocabulary.stats import count_text, tokenizer_stats
-    from lingraft.hf_folder import resolve_model
-    texts = read_texts(cfg.data, cfg.text_field, max_chars=cfg.max_chars)
-    name, spec = split_name(cfg.model)
-    folder = resolve_model(spec)
-    counts = count_text(texts)
-    stats = tokenizer_stats(load_tokenizer(folder, cfg.trust_remote_code), texts, counts)
-    label = cfg.name or parse_set_spec(cfg.data, cfg.text_field)[0]
-    print(f"{name} on {label}: {stats.chars_per_token:.3f} chars/token, {stats.tokens_per_word:.3f} tokens/word")
-    return write_result(cfg.out, "tokenizer", name, label, {**asdict(stats), **asdict(counts)}, cfg,
-                        {"data": cfg.data}, {"model_path": str(folder)})
+
+    def load(spec: str) -> LoadedTokenizer:
+        name, bare = split_name(spec)
+        folder = resolve_model(bare)
+        return LoadedTokenizer(name, folder, load_tokenizer(folder, cfg.trust_remote_code))
+
+    def measure(loaded: LoadedTokenizer, data: EvalSet[list[str]]) -> Measured:
+        counts = count_text(data.items)
+        stats = tokenizer_stats(loaded.tokenizer, data.items, counts)
+        print(f"{loaded.name} on {data.name}: {stats.chars_per_token:.3f} chars/token, "
+              f"{stats.tokens_per_word:.3f} tokens/word")
+        values = {**asdict(stats), **asdict(counts)}
+        text = {k: values.pop(k) for k in ("kind", "fingerprint")}    # the tokenizer's, not numbers
+        return values, {"tokenizer": text}
+
+    return run_pairs("tokenizer", cfg, text_sets(cfg.data, cfg.text_field, max_chars=cfg.max_chars), measure, load,
+                     axes=("model", "data"))

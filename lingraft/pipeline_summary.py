@@ -1,7 +1,8 @@
 """The table `lingraft pipeline` prints at the end: status, seconds and one key metric per stage.
 
 The metric is read back from what the stage wrote, so a skipped stage shows the number of
-the run that produced its output: a folder's ``manifest.json`` or an eval result JSON.
+the run that produced its output: a folder's ``manifest.json`` (for an eval stage, its first
+headline number, e.g. ``B/bpc/ud_russian/bits_per_char=3.424``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from lingraft.manifest import MANIFEST_NAME
 
-# Dotted keys into a stage's manifest; eval results name their own (evaluation.results.HEADLINE).
+# Dotted keys into a stage's manifest; an eval stage's manifest holds its headline numbers.
 DEFAULT_METRICS: dict[str, str] = {
     "prep clean": "outputs.chars",
     "prep pack": "outputs.counts.tokens",
@@ -75,10 +76,9 @@ def key_metric(command: str, out: Path | None, dotted: str | None) -> str:
     record = _read_record(out)
     if record is None:
         return ""
-    if dotted is None and "task" in record and "meta" in record:      # an eval result JSON
-        from lingraft.evaluation.results import HEADLINE
-        keys = HEADLINE.get(record["task"], ())
-        dotted = keys[0] if keys else None
+    if dotted is None and str(record.get("stage", "")).startswith("eval ") and record.get("metrics"):
+        name, value = next(iter(record["metrics"].items()))     # an eval stage: its first headline number
+        return f"{name}={_format(value)}"
     dotted = dotted or DEFAULT_METRICS.get(command)
     value = _lookup(record, dotted) if dotted else None
     if value is None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lingraft.evaluation.bpc import bits_per_character, document_windows
+from lingraft.evaluation.results import read_result
 from tests.helpers import chat_tokenizer, tiny_chat_model
 
 TEXTS = ["Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный — пора, красавица, проснись.",
@@ -78,32 +79,41 @@ def test_stride_one_gives_every_token_full_context():
         document_windows([1, 2], start=0, max_length=5, stride=6)
 
 
-def test_cli_writes_fixed_keys(tiny, tmp_path, run_cli, shared):
-    out = tmp_path / "bpc.json"
+def test_cli_writes_one_record(tiny, tmp_path, run_cli, shared):
+    out = tmp_path / "bpc"
     code, stdout, err = run_cli("eval", "bpc", "--model", f"tiny={tiny}", "--out", out, "--data",
                                 shared / "ru_text" / "ud_russian_sentences.jsonl", "--max-docs", 4,
                                 "--max-length", 16, "--stride", 8)
     assert code == 0, err
-    result = json.loads(out.read_text())
-    assert {"task", "model", "label", "bits_per_char", "bits_per_byte", "n_chars", "n_tokens", "meta"} <= set(result)
-    assert (result["task"], result["model"], result["label"]) == ("bpc", "tiny", "ud_russian_sentences")
-    assert result["bits_per_char"] > result["bits_per_byte"] > 0    # Cyrillic: 2 bytes per letter
-    assert f"{result['bits_per_char']:.4f}" in stdout
-    assert result["meta"]["params"]["stride"] == 8 and result["meta"]["inputs"]["data"]["sha256"]
+    result = read_result(out)
+    assert (result.task, result.model, result.label) == ("bpc", "tiny", "ud_russian_sentences")
+    assert {"bits_per_char", "bits_per_byte", "n_chars", "n_tokens"} <= set(result.metrics)
+    assert result.metrics["bits_per_char"] > result.metrics["bits_per_byte"] > 0    # Cyrillic: 2 bytes per letter
+    assert f"{result.metrics['bits_per_char']:.4f}" in stdout and "| bpc/ud_russian_sentences/bits_per_char ↓ |" in stdout
+    assert result.meta["params"]["stride"] == 8 and result.meta["inputs"]["data"]["sha256"]
+    assert (out / "report.md").read_text().startswith("| metric | tiny |")
+    line = json.loads((out / "results.jsonl").read_text())
+    assert list(line) == ["task", "model", "label", "data", "metrics", "meta"]
 
 
 def test_cli_bad_input(tiny, tmp_path, run_cli, shared):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o.json", "--data", empty)
+    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data", empty)
     assert code == 1 and "no text to evaluate" in err
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o.json", "--data",
+    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data",
                            shared / "en_text" / "fineweb_en_sample.jsonl", "--text-field", "body")
     assert code == 1 and "no record has the field 'body'" in err and "id, text" in err
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o.json", "--data", "x.jsonl",
+    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data", "x.jsonl",
                            "--stride", 2000)
     assert code == 2 and "stride" in err
-    assert not (tmp_path / "o.json").exists()
+    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o")
+    assert code == 2 and "data: required key is missing" in err
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "old.json").write_text("{}")
+    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "old.json", "--data",
+                           shared / "en_text" / "fineweb_en_sample.jsonl", "--max-docs", 1)
+    assert code == 1 and "an eval output is a folder" in err
 
 
 def test_smollm2_matches_direct_computation(smollm2, shared):

@@ -1,11 +1,10 @@
 """`lingraft eval copy`: the metrics on hand-made outputs, and one run on a tiny chat model."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from lingraft.evaluation.copy_task import char_match, copy_metrics, length_ratio, paragraphs_of
+from lingraft.evaluation.results import read_results
 from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
@@ -41,19 +40,19 @@ def test_paragraphs_are_lines_of_the_right_size():
 
 def test_copy_cli_on_tiny_chat_model(shared, tmp_path, run_cli):
     model = tiny_chat_model(tmp_path / "tiny", chat_tokenizer(shared))
-    out = tmp_path / "copy.json"
+    out = tmp_path / "copy"
     code, stdout, err = run_cli("eval", "copy", "--model", model, "--out", out, "--max-items", 3,
                                 "--sentences", f"ru={shared / 'ru_text' / 'ud_russian_sentences.jsonl'}",
                                 "--sentences", f"en={shared / 'parallel' / 'pud_en_ru.jsonl'}@en",
                                 "--paragraphs", shared / "en_text" / "fineweb_en_sample.jsonl",
                                 "--max-new-tokens", 12, "--batch-size", 2)
     assert code == 0, err
-    result = json.loads(out.read_text())
-    assert set(result["sets"]) == {"ru", "en", "fineweb_en_sample"}
-    assert result["sets"]["en"]["kind"] == "sentence" and result["sets"]["fineweb_en_sample"]["n"] == 3
+    records = {r.label: r for r in read_results(out)}          # one record per set
+    assert list(records) == ["ru", "en", "fineweb_en_sample"]
+    assert records["en"].meta["kind"] == "sentence" and records["fineweb_en_sample"].metrics["n"] == 3
     # A random model cannot copy: ratios are in range, and no paragraph is matched.
-    assert 0 <= result["sentence_length_ratio"] <= 1 and result["paragraph_match_share"] == 0
-    assert len(result["meta"]["examples"]["ru"]) == 3
+    assert 0 <= records["ru"].metrics["length_ratio"] <= 1 and records["fineweb_en_sample"].metrics["match_share"] == 0
+    assert len(records["ru"].meta["examples"]) == 3
     code, _, err = run_cli("eval", "copy", "--model", model, "--out", out, "--sentences",
                            f"{shared / 'parallel' / 'pud_en_ru.jsonl'}@english")
     assert code == 1 and "no sentences found in field 'english'" in err

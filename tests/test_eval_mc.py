@@ -9,6 +9,7 @@ import torch
 from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.mc import McItem, accuracy, load_items, prompts_with_shots, score_items, validate
 from lingraft.errors import DataError, LingraftError
+from lingraft.evaluation.results import read_results
 from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
@@ -102,17 +103,17 @@ def test_mc_cli(tiny, shared, tmp_path, run_cli):
     generic = _write(tmp_path / "toy.jsonl", [
         {"context": f"{a}+{a}=", "choices": [f" {2 * a}", f" {2 * a + 1}", " many"], "label": 0} for a in range(6)]
         + [{"context": "bad", "choices": [" x"], "label": 0}])
-    out = tmp_path / "mc.json"
+    out = tmp_path / "mc"
     code, stdout, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--num-fewshot", 1, "--limit", 4,
                                 "--task", f"generic={generic}",
                                 "--task", f"parus={shared / 'eval' / 'rsg_humanbench' / 'parus.jsonl'}")
     assert code == 0, err
-    result = json.loads(out.read_text())
-    assert set(result["tasks"]) == {"toy", "parus"} and result["num_fewshot"] == 1
-    assert result["tasks"]["parus"]["n_items"] == 8 and result["tasks"]["parus"]["n_questions"] == 4
-    assert result["tasks"]["toy"]["skipped"] == 0            # --limit 4 stops before the bad item
-    assert result["acc"] == pytest.approx((result["tasks"]["toy"]["acc"] + result["tasks"]["parus"]["acc"]) / 2)
+    records = {r.label: r for r in read_results(out)}          # one record per task
+    assert list(records) == ["toy", "parus"] and records["parus"].metrics["num_fewshot"] == 1
+    assert records["parus"].metrics["n_items"] == 8 and records["parus"].metrics["n_questions"] == 4
+    assert records["toy"].metrics["skipped"] == 0 and records["toy"].meta["skipped_reasons"] == {}
+    assert f"parus: acc {records['parus'].metrics['acc']:.4f}" in stdout
     code, _, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--task", f"generic={generic}", "--strict")
     assert code == 1 and "toy.jsonl:7: single_choice" in err
     code, _, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--task", f"copa={generic}")
-    assert code == 1 and "unknown task format 'copa'" in err
+    assert code == 2 and "task[0].format: expected one of" in err and "'copa'" in err
