@@ -58,6 +58,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _required(f: dataclasses.Field) -> bool:
+    """The config convention (lingraft.config): a required field is one without a default."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
     """`--config`, `--set KEY=VALUE` and one flag per top-level field of `cmd`'s config: the flags
     every `lingraft` command takes, also used by rank entry points (`lingraft.train.entry`)."""
@@ -68,22 +73,26 @@ def add_config_flags(parser: argparse.ArgumentParser, cmd: Command) -> None:
     reverse_alias: dict[str, list[str]] = {}
     for flag, name in cmd.aliases.items():
         reverse_alias.setdefault(name, []).append(flag)
-    for f in dataclasses.fields(cmd.config_cls):
+    fields = [f for f in dataclasses.fields(cmd.config_cls) if f.init]
+    required = parser.add_argument_group("required (each as a flag or as a key of --config)") \
+        if any(map(_required, fields)) else parser
+    for f in fields:
         tp = hints[f.name]
-        if dataclasses.is_dataclass(_strip_optional(tp)):
+        if dataclasses.is_dataclass(_strip_optional(tp)) and not _required(f):
             continue  # nested sections: --set section.key=value
         flags = [_flag(f.name), *reverse_alias.get(f.name, [])]
+        group = required if _required(f) else parser
         help_text = f.metadata.get("help", "")
         if get_origin(tp) is Literal:
             help_text = f"{help_text} ({'|'.join(map(str, get_args(tp)))})".strip()
         if _is_list(tp):
-            parser.add_argument(*flags, dest=f.name, action="append", default=None, help=help_text + " (repeatable)")
+            group.add_argument(*flags, dest=f.name, action="append", default=None, help=help_text + " (repeatable)")
         elif _strip_optional(tp) is bool:
             # `--strict` alone means true; `--strict false` still works.
-            parser.add_argument(*flags, dest=f.name, nargs="?", const="true", default=None, metavar="BOOL",
-                                help=help_text)
+            group.add_argument(*flags, dest=f.name, nargs="?", const="true", default=None, metavar="BOOL",
+                               help=help_text)
         else:
-            parser.add_argument(*flags, dest=f.name, default=None, help=help_text)
+            group.add_argument(*flags, dest=f.name, default=None, help=help_text)
 
 
 def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
@@ -114,7 +123,13 @@ def config_from_args(cmd: Command, args: argparse.Namespace) -> Any:
         tp = hints[f.name]
         overrides[f.name] = [_cli_value(r, get_args(_strip_optional(tp))[0] if get_args(_strip_optional(tp)) else str)
                              for r in raw] if _is_list(tp) else _cli_value(raw, tp)
-    return build_config(cmd.config_cls, args.config, overrides, args._dotted)
+    try:
+        return build_config(cmd.config_cls, args.config, overrides, args._dotted)
+    except ConfigError as exc:
+        key, _, problem = str(exc).partition(": ")
+        if problem != "required key is missing" or key not in hints:
+            raise
+        raise ConfigError(f"{exc} (give {_flag(key)}, or {key}: in a --config file)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lingraft.config import require
@@ -32,7 +33,7 @@ class StageSpec:
 
 @dataclass
 class PipelineConfig:
-    work_dir: str = field(metadata={"help": "folder that holds every stage's output and the ledger"})
+    work_dir: Path = field(metadata={"help": "folder that holds every stage's output and the ledger"})
     stages: list[StageSpec] = field(default_factory=list)
     force: list[str] = field(default_factory=list, metadata={
         "help": "stage names to rerun from scratch even when up to date (their outputs are discarded first)"})

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 
 @dataclass
 class RandomModelConfig:
-    tokenizer: str = field(metadata={"help": "the model's tokenizer (any spec load_tokenizer accepts); "
+    tokenizer: ModelRef = field(metadata={"help": "the model's tokenizer (any spec load_tokenizer accepts); "
                                              "sets the vocabulary size and is saved into the folder"})
-    out: str = field(metadata={"help": "output Hugging Face folder"})
+    out: OutputPath = field(metadata={"help": "output Hugging Face folder"})
     model_type: str = field(default="llama", metadata={"help": "a transformers model type (llama, mistral, qwen2...)"})
     architecture: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "config keys of the model type, e.g. hidden_size, num_hidden_layers (--set architecture.hidden_size=64)"})
@@ -27,8 +27,6 @@ class RandomModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        require(bool(self.tokenizer), "tokenizer", "is required")
-        require(bool(self.out), "out", "is required")
         require("vocab_size" not in self.architecture, "architecture.vocab_size",
                 "comes from the tokenizer (use pad_to_multiple for extra rows)")
         require(self.pad_to_multiple >= 1, "pad_to_multiple", f"must be >= 1, got {self.pad_to_multiple}")
@@ -61,7 +59,7 @@ def run_random_model(cfg: RandomModelConfig) -> dict[str, Any]:
     with atomic_dir(Path(cfg.out)) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(str(tmp))
-        manifest.outputs = {"model": cfg.out}
+        manifest.outputs = {"model": str(cfg.out)}
         manifest.metrics = {"parameters": parameters, "vocab_size": len(tok), "rows": rows}
         manifest.write(tmp)
     print(f"lingraft model random: {cfg.model_type}, {parameters:,} parameters, {len(tok):,} tokens -> {cfg.out}")

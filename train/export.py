@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lingraft.config import OutputPath
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 
@@ -27,7 +28,7 @@ _COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
 @dataclass
 class ExportConfig:
     checkpoint: Path = field(metadata={"help": "a run folder (its latest checkpoint) or one step_* folder"})
-    out: Path = field(metadata={"help": "output Hugging Face folder"})
+    out: OutputPath = field(metadata={"help": "output Hugging Face folder"})
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -125,14 +125,14 @@ def test_cli_flags_override_yaml_and_set_overrides_flags(tmp_path):
                            "out: from_yaml\npart_chars: 100\nclean: {min_chars: 5}\n")
     cfg = _clean_args("--config", str(path), "--part-chars", "200", "--set", "clean.min_chars=7",
                       "--set", "sources.1.weight=0.2", "--strict")
-    assert (cfg.out, cfg.part_chars, cfg.clean.min_chars, cfg.strict) == ("from_yaml", 200, 7, True)
+    assert (cfg.out, cfg.part_chars, cfg.clean.min_chars, cfg.strict) == (Path("from_yaml"), 200, 7, True)
     assert [(s.name, s.weight) for s in cfg.sources] == [("a", 0.9), ("b", 0.2)]
     assert _clean_args("--config", str(path), "--strict", "false").strict is False
     # A list flag replaces the YAML list; a bare path is shorthand for {path: ...}.
     cfg = _clean_args("--config", str(path), "--source", "c.jsonl.xz", "--source", "{path: d.txt, weight: 3}",
                       "--out", "o")
     assert [(s.name, s.path, s.weight) for s in cfg.sources] == [("c", "c.jsonl.xz", 1.0), ("d", "d.txt", 3.0)]
-    assert cfg.out == "o"
+    assert cfg.out == Path("o")
 
 
 def test_cli_nested_literal_and_defaults():
@@ -177,7 +177,8 @@ def test_cli_config_errors_exit_2_with_one_line_and_nothing_written(run_cli, tmp
 
 def test_cli_missing_required_and_usage_errors(run_cli, tmp_path):
     code, _, err = run_cli("prep", "clean", "--source", "a.jsonl")
-    assert code == 2 and err.strip() == "lingraft prep clean: config error: out: required key is missing"
+    assert code == 2 and err.strip() == ("lingraft prep clean: config error: out: required key is missing "
+                                         "(give --out, or out: in a --config file)")
     code, _, err = run_cli("prep", "clean", "--out", tmp_path / "o")
     assert code == 2 and "sources: required key is missing" in err
     code, _, err = run_cli("prep", "clean", "--no-such-flag", "1")
