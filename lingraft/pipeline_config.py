@@ -34,7 +34,7 @@ class StageSpec:
 @dataclass
 class PipelineConfig:
     work_dir: Path = field(metadata={"help": "folder that holds every stage's output and the ledger"})
-    stages: list[StageSpec] = field(default_factory=list)
+    stages: list[StageSpec] = field(metadata={"help": "the steps, in order (in a --config file)"})
     force: list[str] = field(default_factory=list, metadata={
         "help": "stage names to rerun from scratch even when up to date (their outputs are discarded first)"})
     until: str | None = field(default=None, metadata={"help": "stop after this stage"})
