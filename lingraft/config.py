@@ -311,6 +311,8 @@ def _holds(value: Any, tp: Any) -> bool:
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
     runtime = get_origin(tp) or tp
+    if runtime is Path:      # a config built in code may hold a path as a str
+        return isinstance(value, (str, Path))
     return tp is not type(None) and get_origin(tp) is not Literal and isinstance(runtime, type) \
         and isinstance(value, runtime)
 

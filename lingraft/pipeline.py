@@ -144,7 +144,7 @@ def _local_inputs(config: Any, pipeline_outputs: list[Path]) -> list[Path]:
     for item in path_fields(config):
         if item.role == "output":
             continue
-        for p in ref_paths(item.value) if item.role == "ref" else [Path(item.value)]:
+        for p in ref_paths(str(item.value)) if item.role == "ref" else [Path(item.value)]:
             if p.exists() and not any(is_inside(p, out) for out in pipeline_outputs) and p not in found:
                 found.append(p)
     return found
