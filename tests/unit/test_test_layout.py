@@ -33,3 +33,9 @@ def test_no_test_module_imports_another():
 def test_the_fast_tier_needs_nothing_from_the_integration_tier():
     for path in sorted((TESTS / "unit").rglob("*.py")):
         assert not any(name.startswith("tests.integration") for name in _imported_modules(path)), path
+
+
+def test_every_test_module_belongs_to_a_tier():
+    """`make test-unit` runs tests/unit, `make test` everything: a test module left at the top is in neither tier."""
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
+    assert (TESTS / "unit" / "__init__.py").is_file() and (TESTS / "integration" / "__init__.py").is_file()
