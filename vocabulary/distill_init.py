@@ -75,6 +75,14 @@ def text_windows(texts: Iterator[str], chars: int) -> Iterator[str]:
             start = end
 
 
+def repeated_half(window: str) -> str:
+    """The window's first half (cut at whitespace), a blank line, and that half again: the same
+    length as the window, and the second half is a copy that B predicts almost surely."""
+    cut = window.rfind(" ", 0, len(window) // 2)
+    half = window[:cut if cut > 0 else len(window) // 2].strip()
+    return f"{half}\n\n{half}"
+
+
 def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
                    vocabs: tuple[Vocabulary, Vocabulary], start_ids: tuple[int, int]) -> list[Passage]:
     """`cfg.distill_passages` windows of the corpus, tokenised and aligned both ways.
@@ -89,6 +97,8 @@ def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_to
     windows = windows[:cfg.distill_passages]
     if not windows:
         raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
+    copies = round(cfg.distill_copy_share * len(windows))
+    windows = [repeated_half(w) for w in windows[:copies]] + windows[copies:]
     old_len, new_len = byte_lengths(vocabs[0]), byte_lengths(vocabs[1])
     old_start, new_start = start_ids
     old_len[old_start] = new_len[new_start] = 0        # read like a document start, as bpc scores it
@@ -188,8 +198,13 @@ def fit_head(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, h
     features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden), input=table[split.ids])
     seen = torch.unique(data.target_local[data.target_local >= 0]).numel()
     curve: list[tuple[float, float]] = []
-    rows = fit_output_rows(data, features, cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size,
-                           cfg.seed, on_epoch=lambda epoch, loss, held: curve.append((round(loss, 4), round(held, 4))))
+    with progress(total=cfg.head_fit_epochs, desc="fit head rows", unit="epoch") as bar:
+        def on_epoch(epoch: int, loss: float, held: float) -> None:
+            curve.append((round(loss, 4), round(held, 4)))
+            bar.update(1)
+            bar.set_postfix(held_out_ce=f"{held:.3f}")
+        rows = fit_output_rows(data, features, cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size,
+                               cfg.seed, on_epoch=on_epoch)
     out = head.clone()
     out[split.ids] = rows.to(head.dtype)
     seconds = time.perf_counter() - start

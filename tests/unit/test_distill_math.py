@@ -79,3 +79,12 @@ def test_unit_direction_turns_a_scalar_into_a_logit_offset():
     hidden = torch.randn(50, 4) + 3.0
     v = unit_direction(hidden)
     assert torch.allclose(hidden @ v, torch.ones(50), atol=0.5)
+
+
+def test_a_repeated_window_keeps_its_length_and_repeats_its_first_half():
+    from lingraft.vocabulary.distill_init import repeated_half
+    window = "Мороз и солнце; день чудесный! Еще ты дремлешь, друг прелестный"
+    text = repeated_half(window)
+    first, second = text.split("\n\n")
+    assert first == second and window.startswith(first) and abs(len(text) - len(window)) <= 2
+    assert repeated_half("безпробелов") == "безпр\n\nбезпр"
