@@ -1,5 +1,5 @@
 """One eval stage, several models and several data sets: one record per pair, one report, reruns
-keep what is unchanged; the records read back typed, from this format and the earlier one."""
+keep what is unchanged (the record format itself: tests/unit/test_eval_results.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import yaml
 
 import lingraft.evaluation.text_tasks as text_tasks
 from lingraft.errors import LingraftError
-from lingraft.evaluation.results import EvalResult, from_old_format, read_result, read_results
+from lingraft.evaluation.results import EvalResult, read_results
 from tests.helpers import chat_tokenizer, tiny_chat_model
 
 
@@ -120,22 +120,3 @@ def test_pipeline_stage_with_several_models_and_sets(models, shared, tmp_path, c
     assert [r["status"] for r in run_pipeline(build_config(PipelineConfig, tmp_path / "p.yaml"))] == ["skipped"] * 2
     capsys.readouterr()
 
-
-def test_earlier_result_files_read_as_records(tmp_path):
-    meta = {"inputs": {"ud": {"path": "ud.jsonl"}}, "examples": {"ud": [{"source": "s", "prediction": "p"}]}}
-    copy = {"task": "copy", "model": "I", "label": "ud", "sentence_length_ratio": 0.8, "paragraph_match_share": None,
-            "sets": {"ud": {"kind": "sentence", "n": 16, "exact_match": 0.5, "length_ratio": 0.8}}, "meta": meta}
-    (record,) = from_old_format(copy, "copy.json")
-    assert (record.label, record.data, record.metrics, record.meta["kind"]) == \
-        ("ud", "ud.jsonl", {"n": 16, "exact_match": 0.5, "length_ratio": 0.8}, "sentence")
-    speed = {"task": "speed", "model": "conv", "label": "p", "tokens_per_s": 70.0, "tokens_per_s_vs_baseline": 1.1,
-             "baseline": {"model": "I", "tokens_per_s": 63.6}, "meta": {"inputs": {"data": {"path": "p.jsonl"}}}}
-    (tmp_path / "speed.json").write_text(json.dumps(speed))
-    base, conv = read_results(tmp_path)                          # a folder of earlier result JSONs
-    assert (base.model, base.metrics, conv.meta["baseline"]) == ("I", {"tokens_per_s": 63.6}, "I")
-    assert conv.metrics == {"tokens_per_s": 70.0, "tokens_per_s_vs_baseline": 1.1} and conv.data == "p.jsonl"
-    with pytest.raises(LingraftError, match="2 records"):
-        read_result(tmp_path / "speed.json")
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"task": "bpc", "model": "m", "label": "x"}) + "\n")
-    with pytest.raises(LingraftError, match=r"bad.jsonl:1: not a lingraft eval record"):
-        read_results(tmp_path / "bad.jsonl")
