@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -23,7 +24,9 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
+PYTHON = sys.executable     # the interpreter running the tests: its environment has lingraft and mpi4py
 MISTRAL = "tokenizers/mistral/mistral7b_v0.1_tokenizer.model"   # SentencePiece, 32,000 ids: fast to load
 N_PARTS = 24
 
@@ -156,7 +159,7 @@ def test_worker_processes_give_identical_bytes(shared, clean_dir, reference, tmp
 @pytest.mark.slow
 def test_mpi_ranks_give_identical_bytes(shared, clean_dir, reference, tmp_path):
     out = tmp_path / "mpi"
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", str(REPO / ".venv/bin/python"),
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", PYTHON,
            "-m", "lingraft.cli", "prep", "pack", "--in", str(clean_dir), "--out", str(out),
            "--tokenizer", str(shared / MISTRAL), "--seq-len", "64", "--bos", "true"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -174,7 +177,7 @@ def test_mpi_ranks_give_identical_bytes(shared, clean_dir, reference, tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_is_byte_identical(shared, clean_dir, reference, tmp_path):
     out = tmp_path / "killed"
-    cmd = [str(REPO / ".venv/bin/python"), "-m", "lingraft.cli", "prep", "pack", "--in", str(clean_dir),
+    cmd = [PYTHON, "-m", "lingraft.cli", "prep", "pack", "--in", str(clean_dir),
            "--out", str(out), "--tokenizer", str(shared / MISTRAL), "--seq-len", "64", "--bos", "true"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -238,7 +241,7 @@ def test_bad_part_record_names_file_and_line(shared, broken_clean_dir, tmp_path)
 @pytest.mark.slow
 def test_a_failing_mpi_rank_stops_every_rank_with_its_error(shared, broken_clean_dir, tmp_path):
     broken, name = broken_clean_dir   # part 1 belongs to rank 1
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", str(REPO / ".venv/bin/python"),
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", PYTHON,
            "-m", "lingraft.cli", "prep", "pack", "--in", str(broken), "--out", str(tmp_path / "mpi"),
            "--tokenizer", str(shared / MISTRAL), "--seq-len", "64"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -289,7 +292,7 @@ def _running(pid: int) -> bool:
 
 
 def test_pack_workers_exit_when_the_parent_is_killed(tmp_path):
-    parent = subprocess.Popen([str(REPO / ".venv/bin/python"), "-c", _POOL_PARENT, str(tmp_path)], cwd=REPO)
+    parent = subprocess.Popen([PYTHON, "-c", _POOL_PARENT, str(tmp_path)], cwd=REPO)
     workers: list[int] = []
     try:
         deadline = time.time() + 60
