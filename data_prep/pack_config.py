@@ -7,7 +7,7 @@ from typing import Literal
 
 from lingraft.data_prep.clean_config import CleanConfig, MixConfig
 from lingraft.data_prep.readers import SourceConfig
-from lingraft.config import require
+from lingraft.config import ModelRef, OutputPath, require
 
 SampleStart = Literal["stream", "document", "paragraph"]
 
@@ -16,8 +16,8 @@ SampleStart = Literal["stream", "document", "paragraph"]
 class PackConfig:
     """Tokenize cleaned text into memory-mappable token shards with a sample index."""
 
-    out: Path = field(metadata={"help": "output folder of packed shards"})
-    tokenizer: str = field(metadata={"help": "HF folder, tokenizer.json(.xz), SentencePiece .model or GPT-2 files"})
+    out: OutputPath = field(metadata={"help": "output folder of packed shards"})
+    tokenizer: ModelRef = field(metadata={"help": "HF folder, tokenizer.json(.xz), SentencePiece .model or GPT-2 files"})
     input: Path | None = field(default=None, metadata={"help": "a `prep clean` output folder (part_*.jsonl + manifest)"})
     # Instead of `input`: sources to run `prep clean` on first (into <out>/clean), then pack.
     sources: list[SourceConfig] = field(default_factory=list, metadata={
