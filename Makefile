@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.lingraft-installed
-# torch is pinned to the CPU wheel these machines carry; an unpinned torch pulls CUDA builds.
+# torch is pinned to a CPU wheel (TORCH_SPEC): an unpinned torch pulls gigabytes of CUDA packages. On a GPU
+# machine, set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
