@@ -7,7 +7,7 @@ and hands batches of about `batch_chars` characters to the tokenizer workers
 overlap and no worker waits on one long document or one large part. Results come back in
 input order and are joined into documents; each finished shard is written and hashed by a
 writer thread while the next is tokenized. The bytes are those of tokenizing every
-document whole, one after another (tests/test_pack_identity.py). Across nodes, under
+document whole, one after another (tests/integration/test_pack_identity.py). Across nodes, under
 `mpirun`, rank r packs the shards with k % world == r, each rank with its own workers; a
 shard's bytes depend only on its part, the tokenizer and the settings, never on the rank
 count, so any number of ranks gives the output of one process. Rank 0 writes the manifest
