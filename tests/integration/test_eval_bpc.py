@@ -9,26 +9,15 @@ import torch
 
 from lingraft.evaluation.bpc import bits_per_character, document_windows
 from lingraft.evaluation.results import read_result
-from tests.helpers import chat_tokenizer, tiny_chat_model
 
 TEXTS = ["Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный — пора, красавица, проснись.",
          "", "A short one.", "Tokens per word differ between languages, characters do not."]
 
 
 @pytest.fixture(scope="module")
-def tok(shared):
-    return chat_tokenizer(shared)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tok):
-    return tiny_chat_model(tmp_path_factory.mktemp("bpc") / "tiny", tok)
-
-
-@pytest.fixture(scope="module")
-def model(tiny):
+def model(tiny_chat):
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(tiny_chat), dtype=torch.float32).eval()
 
 
 def _begins(n_tokens: int, max_length: int, stride: int | None) -> list[int]:
@@ -53,8 +42,8 @@ def _reference_nll(model, ids: list[int], start: int, begins: list[int]) -> floa
 
 
 @pytest.mark.parametrize("max_length,stride", [(1000, None), (6, None), (6, 2), (6, 4)])
-def test_matches_per_token_reference(model, tok, max_length, stride):
-    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS if t]
+def test_matches_per_token_reference(model, chat_tok, max_length, stride):
+    ids = [chat_tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS if t]
     expected = 0.0
     for doc in ids:
         begins = _begins(len(doc), max_length, stride)
@@ -62,8 +51,8 @@ def test_matches_per_token_reference(model, tok, max_length, stride):
         assert all(1 <= c <= max_length for c in contexts)
         if stride is not None:   # overlap guarantees every token at least max_length - stride + 1 context
             assert all(c >= min(p, max_length - stride + 1) for p, c in enumerate(contexts, 1))
-        expected += _reference_nll(model, doc, tok.bos_token_id, begins)
-    result = bits_per_character(model, tok, TEXTS, max_length=max_length, stride=stride, batch_tokens=50)
+        expected += _reference_nll(model, doc, chat_tok.bos_token_id, begins)
+    result = bits_per_character(model, chat_tok, TEXTS, max_length=max_length, stride=stride, batch_tokens=50)
     chars = sum(map(len, TEXTS))
     assert (result.characters, result.documents, result.tokens) == (chars, 3, sum(map(len, ids)))
     assert result.utf8_bytes == sum(len(t.encode()) for t in TEXTS)
@@ -79,9 +68,9 @@ def test_stride_one_gives_every_token_full_context():
         document_windows([1, 2], start=0, max_length=5, stride=6)
 
 
-def test_cli_writes_one_record(tiny, tmp_path, run_cli, shared):
+def test_cli_writes_one_record(tiny_chat, tmp_path, run_cli, shared):
     out = tmp_path / "bpc"
-    code, stdout, err = run_cli("eval", "bpc", "--model", f"tiny={tiny}", "--out", out, "--data",
+    code, stdout, err = run_cli("eval", "bpc", "--model", f"tiny={tiny_chat}", "--out", out, "--data",
                                 shared / "ru_text" / "ud_russian_sentences.jsonl", "--max-docs", 4,
                                 "--max-length", 16, "--stride", 8)
     assert code == 0, err
@@ -96,22 +85,22 @@ def test_cli_writes_one_record(tiny, tmp_path, run_cli, shared):
     assert list(line) == ["task", "model", "label", "data", "metrics", "meta"]
 
 
-def test_cli_bad_input(tiny, tmp_path, run_cli, shared):
+def test_cli_bad_input(tiny_chat, tmp_path, run_cli, shared):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data", empty)
+    code, _, err = run_cli("eval", "bpc", "--model", tiny_chat, "--out", tmp_path / "o", "--data", empty)
     assert code == 1 and "no text to evaluate" in err
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data",
+    code, _, err = run_cli("eval", "bpc", "--model", tiny_chat, "--out", tmp_path / "o", "--data",
                            shared / "en_text" / "fineweb_en_sample.jsonl", "--text-field", "body")
     assert code == 1 and "no record has the field 'body'" in err and "id, text" in err
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o", "--data", "x.jsonl",
+    code, _, err = run_cli("eval", "bpc", "--model", tiny_chat, "--out", tmp_path / "o", "--data", "x.jsonl",
                            "--stride", 2000)
     assert code == 2 and "stride" in err
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "o")
+    code, _, err = run_cli("eval", "bpc", "--model", tiny_chat, "--out", tmp_path / "o")
     assert code == 2 and "data: required key is missing" in err
     assert not (tmp_path / "o").exists()
     (tmp_path / "old.json").write_text("{}")
-    code, _, err = run_cli("eval", "bpc", "--model", tiny, "--out", tmp_path / "old.json", "--data",
+    code, _, err = run_cli("eval", "bpc", "--model", tiny_chat, "--out", tmp_path / "old.json", "--data",
                            shared / "en_text" / "fineweb_en_sample.jsonl", "--max-docs", 1)
     assert code == 1 and "an eval output is a folder" in err
 

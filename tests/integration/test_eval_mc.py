@@ -10,17 +10,6 @@ from lingraft.data_prep.records import DropLog
 from lingraft.evaluation.mc import McItem, accuracy, load_items, prompts_with_shots, score_items, validate
 from lingraft.errors import DataError, LingraftError
 from lingraft.evaluation.results import read_results
-from tests.helpers import chat_tokenizer, tiny_chat_model
-
-
-@pytest.fixture(scope="module")
-def tok(shared):
-    return chat_tokenizer(shared)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tok):
-    return tiny_chat_model(tmp_path_factory.mktemp("mc") / "tiny", tok)
 
 
 def _write(path, records):
@@ -83,28 +72,28 @@ def test_fewshot_is_deterministic_and_excludes_the_item():
         assert len(shots) == 3 and shots[-1] == item.context and item.context not in shots[:2]
 
 
-def test_scores_match_direct_computation(tiny, tok):
+def test_scores_match_direct_computation(tiny_chat, chat_tok):
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_chat), dtype=torch.float32).eval()
     items = [McItem("The capital of France is", (" Paris", " a large green cat"), 0, "a", "w"),
              McItem("Столица России —", (" Москва", " Тверь"), 0, "b", "w")]
-    scores = score_items(model, tok, items, [i.context for i in items], max_length=64, batch_tokens=32, desc="t")
+    scores = score_items(model, chat_tok, items, [i.context for i in items], max_length=64, batch_tokens=32, desc="t")
     for item, item_scores in zip(items, scores):
-        ctx = tok(item.context, add_special_tokens=False)["input_ids"]
+        ctx = chat_tok(item.context, add_special_tokens=False)["input_ids"]
         for choice, score in zip(item.choices, item_scores):
-            whole = [tok.bos_token_id, *tok(item.context + choice, add_special_tokens=False)["input_ids"]]
+            whole = [chat_tok.bos_token_id, *chat_tok(item.context + choice, add_special_tokens=False)["input_ids"]]
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([whole])).logits[0, :-1].double(), dim=-1)
             expected = sum(logp[p - 1, whole[p]].item() for p in range(1 + len(ctx), len(whole)))
             assert score == pytest.approx(expected, rel=1e-5)
 
 
-def test_mc_cli(tiny, shared, tmp_path, run_cli):
+def test_mc_cli(tiny_chat, shared, tmp_path, run_cli):
     generic = _write(tmp_path / "toy.jsonl", [
         {"context": f"{a}+{a}=", "choices": [f" {2 * a}", f" {2 * a + 1}", " many"], "label": 0} for a in range(6)]
         + [{"context": "bad", "choices": [" x"], "label": 0}])
     out = tmp_path / "mc"
-    code, stdout, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--num-fewshot", 1, "--limit", 4,
+    code, stdout, err = run_cli("eval", "mc", "--model", tiny_chat, "--out", out, "--num-fewshot", 1, "--limit", 4,
                                 "--task", f"generic={generic}",
                                 "--task", f"parus={shared / 'eval' / 'rsg_humanbench' / 'parus.jsonl'}")
     assert code == 0, err
@@ -113,7 +102,7 @@ def test_mc_cli(tiny, shared, tmp_path, run_cli):
     assert records["parus"].metrics["n_items"] == 8 and records["parus"].metrics["n_questions"] == 4
     assert records["toy"].metrics["skipped"] == 0 and records["toy"].meta["skipped_reasons"] == {}
     assert f"parus: acc {records['parus'].metrics['acc']:.4f}" in stdout
-    code, _, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--task", f"generic={generic}", "--strict")
+    code, _, err = run_cli("eval", "mc", "--model", tiny_chat, "--out", out, "--task", f"generic={generic}", "--strict")
     assert code == 1 and "toy.jsonl:7: single_choice" in err
-    code, _, err = run_cli("eval", "mc", "--model", tiny, "--out", out, "--task", f"copa={generic}")
+    code, _, err = run_cli("eval", "mc", "--model", tiny_chat, "--out", out, "--task", f"copa={generic}")
     assert code == 2 and "task[0].format: expected one of" in err and "'copa'" in err
