@@ -165,7 +165,7 @@ class CalibrateTrainSettings:
     lora_r: int = 8
     lora_alpha: float = 1.0
     lora_dropout: float = 0.0
-    lora_layers: list[int] = field(default_factory=lambda: [0, -1])   # first and last block
+    lora_layers: list[int] | None = field(default_factory=lambda: [0, -1])   # first and last block; None: all
     train_tables: bool = True         # embeddings and head trained and saved in full
     overrides: dict[str, Any] = field(default_factory=dict)   # any other TrainConfig key, dotted
 
@@ -175,7 +175,8 @@ class CalibrateTrainSettings:
         require(self.epochs > 0, "train.epochs", "must be > 0")
         require(self.lr > 0, "train.lr", "must be > 0")
         require(self.lora_r >= 1, "train.lora_r", "must be >= 1")
-        require(bool(self.lora_layers), "train.lora_layers", "needs at least one block index")
+        require(self.lora_layers is None or bool(self.lora_layers), "train.lora_layers",
+                "needs at least one block index (or null for every block)")
 
 
 @dataclass(kw_only=True)

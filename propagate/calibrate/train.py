@@ -32,7 +32,8 @@ def train_config(cfg: CalibrateConfig, data: Path, max_steps: int) -> Any:
         "model": cfg.model, "data": str(data), "out_dir": str(Path(cfg.out) / RUN_DIR), "max_steps": max_steps,
         "backend": t.backend, "trainable": "lora", "micro_batch_size": t.micro_batch_size,
         "grad_accum_steps": t.grad_accum_steps, "seed": cfg.seed,
-        "lora": {"r": t.lora_r, "alpha": t.lora_alpha, "dropout": t.lora_dropout, "layers": list(t.lora_layers),
+        "lora": {"r": t.lora_r, "alpha": t.lora_alpha, "dropout": t.lora_dropout,
+                 "layers": None if t.lora_layers is None else list(t.lora_layers),
                  "train_tables": t.train_tables},
         "optim": {"lr": t.lr, "warmup_steps": min(t.warmup_steps, max_steps)},
     }

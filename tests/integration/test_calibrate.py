@@ -140,6 +140,17 @@ def test_language_without_preset_must_configure_script_and_phrasings():
         build_config(CalibrateConfig, overrides={**base, "script.scripts": ["CYRILLIC"], "copy.corpus": "c"})
 
 
+def test_lora_layers_default_to_first_and_last_block_and_null_means_every_block(tmp_path):
+    from lingraft.propagate.calibrate.train import train_config
+    base = {"instruct": "m", "model": "m", "out": str(tmp_path), "prompts": ["p.jsonl"]}
+    default = train_config(build_config(CalibrateConfig, overrides=base), tmp_path / "sft", 5)
+    assert default.lora.layers == [0, -1] and default.max_steps == 5
+    every = train_config(build_config(CalibrateConfig, overrides={**base, "train.lora_layers": None}), tmp_path, 5)
+    assert every.lora.layers is None
+    with pytest.raises(ConfigError, match="train.lora_layers"):
+        build_config(CalibrateConfig, overrides={**base, "train.lora_layers": []})
+
+
 def test_bad_inputs_fail_before_any_generation(shared, tmp_path, run_cli):
     arena = shared / "eval" / "llmtf" / "ru_arena_hard_v0.1_questions.json"
     code, _, err = run_cli("calibrate", "--instruct", "m", "--out", tmp_path, "--prompts", tmp_path / "none.jsonl",
