@@ -49,6 +49,8 @@ def test_a_line_that_is_no_record_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(LingraftError, match="no results.jsonl"):
         read_results(tmp_path / "empty")
+
+
 def test_earlier_result_files_read_as_records(tmp_path):
     meta = {"inputs": {"ud": {"path": "ud.jsonl"}}, "examples": {"ud": [{"source": "s", "prediction": "p"}]}}
     copy = {"task": "copy", "model": "I", "label": "ud", "sentence_length_ratio": 0.8, "paragraph_match_share": None,
