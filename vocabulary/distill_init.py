@@ -53,6 +53,27 @@ log = get_logger(__name__)
 SCAN_FACTOR = 50
 
 
+@dataclass(frozen=True)
+class DistillRuntime:
+    """Where the original model's passes run and in what dtype; learnt rows stay fp32 either way."""
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def resolve(cls, device: str, precision: str) -> "DistillRuntime":
+        """auto: the first GPU when one is visible; bf16 on GPU and fp32 on CPU unless told otherwise."""
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if use_cuda and not torch.cuda.is_available():
+            raise LingraftError("device=cuda but no CUDA device is visible")
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(precision,
+                                                                     torch.bfloat16 if use_cuda else torch.float32)
+        return cls(torch.device("cuda" if use_cuda else "cpu"), dtype)
+
+    def autocast(self):
+        # fp32 weights are cast per matmul: one copy of the model serves as teacher and body
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
 @dataclass
 class DistilledTables:
     input: torch.Tensor               # (rows, d) the new input table
@@ -83,22 +104,52 @@ def repeated_half(window: str) -> str:
     return f"{half}\n\n{half}"
 
 
-def build_passages(cfg: "InitConfig", old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
-                   vocabs: tuple[Vocabulary, Vocabulary], start_ids: tuple[int, int]) -> list[Passage]:
-    """`cfg.distill_passages` windows of the corpus, tokenised and aligned both ways.
+@dataclass(frozen=True)
+class WindowSample:
+    """Which corpus windows the original (or the adapted) model reads."""
+    corpus: list[Path]
+    field: str
+    count: int          # windows kept
+    chars: int          # characters per window
+    copy_share: float   # share of windows whose first half is repeated (`repeated_half`)
+    seed: int
 
-    A seeded uniform sample of the first SCAN_FACTOR × distill_passages windows: a cluster-sized
-    corpus is read only that far, never whole.
-    """
-    windows = list(islice((w for path in cfg.corpus for w in text_windows(iter_texts(path, cfg.corpus_field),
-                                                                          cfg.distill_passage_chars)),
-                          SCAN_FACTOR * cfg.distill_passages))
-    random.Random(cfg.seed).shuffle(windows)
-    windows = windows[:cfg.distill_passages]
-    if not windows:
-        raise LingraftError(f"corpus: {', '.join(cfg.corpus)} holds no text")
-    copies = round(cfg.distill_copy_share * len(windows))
-    windows = [repeated_half(w) for w in windows[:copies]] + windows[copies:]
+    def windows(self) -> list[str]:
+        """A seeded uniform sample of the first SCAN_FACTOR × count windows (a cluster-sized corpus
+        is read only that far, never whole), the first `copy_share` of them repeated."""
+        windows = list(islice((w for path in self.corpus for w in text_windows(iter_texts(path, self.field),
+                                                                               self.chars)),
+                              SCAN_FACTOR * self.count))
+        random.Random(self.seed).shuffle(windows)
+        windows = windows[:self.count]
+        if not windows:
+            raise LingraftError(f"corpus: {', '.join(map(str, self.corpus))} holds no text")
+        copies = round(self.copy_share * len(windows))
+        return [repeated_half(w) for w in windows[:copies]] + windows[copies:]
+
+
+@dataclass(frozen=True)
+class HeadFitSettings:
+    epochs: int
+    lr: float
+    batch_size: int        # positions per Adam step
+    state_batch_size: int  # windows per forward pass while collecting states
+    seed: int
+
+
+def window_sample(cfg: "InitConfig") -> WindowSample:
+    return WindowSample([Path(p) for p in cfg.corpus], cfg.corpus_field, cfg.distill_passages,
+                        cfg.distill_passage_chars, cfg.distill_copy_share, cfg.seed)
+
+
+def head_fit_settings(cfg: "InitConfig") -> HeadFitSettings:
+    return HeadFitSettings(cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size, cfg.distill_batch_size,
+                           cfg.seed)
+
+
+def build_passages(windows: list[str], old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
+                   vocabs: tuple[Vocabulary, Vocabulary], start_ids: tuple[int, int]) -> list[Passage]:
+    """The windows tokenised and aligned both ways."""
     old_len, new_len = byte_lengths(vocabs[0]), byte_lengths(vocabs[1])
     old_start, new_start = start_ids
     old_len[old_start] = new_len[new_start] = 0        # read like a document start, as bpc scores it
@@ -121,18 +172,20 @@ def trainable_rows(provenance: list[str]) -> RowSplit:
     return RowSplit.from_mask(torch.tensor([p not in ("kept", "special") for p in provenance]))
 
 
-def _body(model: "PreTrainedModel"):
+def _body(model: "PreTrainedModel", runtime: DistillRuntime):
     inner = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
 
     def body(embeds: torch.Tensor) -> torch.Tensor:
-        return inner(inputs_embeds=embeds, use_cache=False).last_hidden_state
+        with runtime.autocast():
+            return inner(inputs_embeds=embeds, use_cache=False).last_hidden_state
     return body
 
 
-def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, head: torch.Tensor,
-                       split: RowSplit, passages: list[Passage]) -> tuple[torch.Tensor, dict[str, Any]]:
+def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: DistillRuntime, table: torch.Tensor,
+                       head: torch.Tensor, split: RowSplit, passages: list[Passage],
+                       ) -> tuple[torch.Tensor, dict[str, Any]]:
     teacher_table = model.get_input_embeddings().weight.detach()
-    body = _body(model)
+    body = _body(model, runtime)
     rows = torch.nn.Parameter(table[split.ids].clone())
     optim = torch.optim.Adam([rows], lr=cfg.distill_lr)
     order = random.Random(cfg.seed + 1)
@@ -142,7 +195,8 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", table: torch
     with progress(total=cfg.distill_steps, desc="distil input rows", unit="step") as bar:
         for step in range(cfg.distill_steps):
             batch = order.sample(passages, min(cfg.distill_batch_size, len(passages)))
-            loss, count = distillation_loss(body, teacher_table, head, table, rows, split, batch)
+            with runtime.autocast():
+                loss, count = distillation_loss(body, teacher_table, head, table, rows, split, batch)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -151,8 +205,9 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", table: torch
             bar.update(1)
             bar.set_postfix(kl=f"{last:.3f}")
     seconds = time.perf_counter() - start
-    log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s)", first, last,
-             cfg.distill_steps, positions / max(seconds, 1e-9))
+    log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s, %s on %s)", first, last,
+             cfg.distill_steps, positions / max(seconds, 1e-9), str(runtime.dtype).removeprefix("torch."),
+             runtime.device)
     out = table.clone()
     out[split.ids] = rows.detach().to(table.dtype)
     return out, {"kl_first": round(first, 4), "kl_last": round(last, 4), "steps": cfg.distill_steps,
@@ -160,18 +215,18 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", table: torch
 
 
 @torch.no_grad()
-def collect_states(model: "PreTrainedModel", table: torch.Tensor, passages: list[Passage],
-                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The body's final states over every passage's new tokenisation, and each next token."""
-    body = _body(model)
+def collect_states(model: "PreTrainedModel", runtime: DistillRuntime, table: torch.Tensor,
+                   sequences: list[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body's final states (fp32) over every id sequence (start token first), and each next token."""
+    body = _body(model, runtime)
     hidden, targets = [], []
-    for start in progress(range(0, len(passages), batch_size), desc="states for the head fit", unit="batch"):
-        batch = passages[start:start + batch_size]
-        states = body(torch.nn.functional.embedding(pad_batch([p.new_ids for p in batch]), table))
-        for b, p in enumerate(batch):
-            hidden.append(states[b, :p.new_ids.numel() - 1])
-            targets.append(p.new_ids[1:])
-    return torch.cat(hidden), torch.cat(targets)
+    for start in progress(range(0, len(sequences), batch_size), desc="states for the head fit", unit="batch"):
+        batch = sequences[start:start + batch_size]
+        states = body(torch.nn.functional.embedding(pad_batch(batch, device=table.device), table))
+        for b, ids in enumerate(batch):
+            hidden.append(states[b, :ids.numel() - 1].float())
+            targets.append(ids[1:])
+    return torch.cat(hidden), torch.cat(targets).to(table.device)
 
 
 def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", vocabs: tuple[Vocabulary, Vocabulary],
@@ -186,11 +241,14 @@ def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", vocabs: tu
     return torch.tensor(first, dtype=torch.int64)
 
 
-def fit_head(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, head: torch.Tensor,
-             old_head: torch.Tensor, first: torch.Tensor, split: RowSplit,
-             passages: list[Passage]) -> tuple[torch.Tensor, dict[str, Any]]:
+def fit_head(settings: HeadFitSettings, model: "PreTrainedModel", runtime: DistillRuntime, table: torch.Tensor,
+             head: torch.Tensor, old_head: torch.Tensor, first: torch.Tensor, split: RowSplit,
+             sequences: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """New head rows for `split`'s learnt tokens, fitted on the body's states over `sequences`
+    read through `table`. `head` holds the frozen rows and, at the learnt ones, their mean rows;
+    `old_head` is the original head, which `first` (each token's first old piece) indexes."""
     start = time.perf_counter()
-    hidden, targets = collect_states(model, table, passages, cfg.distill_batch_size)
+    hidden, targets = collect_states(model, runtime, table, sequences, settings.state_batch_size)
     data: FitData = prepare_fit(hidden, targets, head, split)
     mean_rows = head[split.ids]
     # a token with no old segmentation (an added token) starts from its mean row instead
@@ -198,13 +256,13 @@ def fit_head(cfg: "InitConfig", model: "PreTrainedModel", table: torch.Tensor, h
     features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden), input=table[split.ids])
     seen = torch.unique(data.target_local[data.target_local >= 0]).numel()
     curve: list[tuple[float, float]] = []
-    with progress(total=cfg.head_fit_epochs, desc="fit head rows", unit="epoch") as bar:
+    with progress(total=settings.epochs, desc="fit head rows", unit="epoch") as bar:
         def on_epoch(epoch: int, loss: float, held: float) -> None:
             curve.append((round(loss, 4), round(held, 4)))
             bar.update(1)
             bar.set_postfix(held_out_ce=f"{held:.3f}")
-        rows = fit_output_rows(data, features, cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size,
-                               cfg.seed, on_epoch=on_epoch)
+        rows = fit_output_rows(data, features, settings.epochs, settings.lr, settings.batch_size, settings.seed,
+                               on_epoch=on_epoch)
     out = head.clone()
     out[split.ids] = rows.to(head.dtype)
     seconds = time.perf_counter() - start
@@ -223,26 +281,32 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
     rows = len(new_tok)
     split = trainable_rows(provenance)
     vocabs = (describe_vocabulary(old_tok), describe_vocabulary(new_tok))   # described once, used twice
-    passages = build_passages(cfg, old_tok, new_tok, vocabs, (start_token_id(old_tok), start_token_id(new_tok)))
+    passages = build_passages(window_sample(cfg).windows(), old_tok, new_tok, vocabs,
+                              (start_token_id(old_tok), start_token_id(new_tok)))
     aligned = sum(p.new_pos.numel() for p in passages)
     log.info("distillation corpus: %d passages, %d new tokens, %d aligned positions, %d learnt rows",
              len(passages), sum(p.new_ids.numel() for p in passages), aligned, split.ids.numel())
+    runtime = DistillRuntime.resolve(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(runtime.device)
     model.requires_grad_(False)
     model.eval()
     # The original head scores B's vocabulary; the new vocabulary's frozen rows are those same rows.
     old_head = model.get_output_embeddings().weight.detach()
-    table = input_table[:rows].to(torch.float32)
-    head = head_table[:rows].to(torch.float32)
+    table = input_table[:rows].to(runtime.device, torch.float32)
+    head = head_table[:rows].to(runtime.device, torch.float32)
+    split = split.to(runtime.device)
     stats: dict[str, Any] = {"passages": len(passages), "aligned_positions": aligned,
-                             "learnt_rows": int(split.ids.numel())}
+                             "learnt_rows": int(split.ids.numel()), "device": str(runtime.device),
+                             "precision": str(runtime.dtype).removeprefix("torch.")}
     if cfg.distill_steps:
-        table, stats["input"] = distill_input_rows(cfg, model, table, old_head, split, passages)
-    first = first_pieces(split, old_tok, vocabs)
-    head, stats["output"] = fit_head(cfg, model, table, head, old_head, first, split, passages)
+        table, stats["input"] = distill_input_rows(cfg, model, runtime, table, old_head, split, passages)
+    first = first_pieces(split, old_tok, vocabs).to(runtime.device)
+    head, stats["output"] = fit_head(head_fit_settings(cfg), model, runtime, table, head, old_head, first, split,
+                                     [p.new_ids for p in passages])
     del model
-    return DistilledTables(input=_restore(input_table, table), output=_restore(head_table, head), stats=stats)
+    return DistilledTables(input=_restore(input_table, table.cpu()), output=_restore(head_table, head.cpu()),
+                           stats=stats)
 
 
 def _restore(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

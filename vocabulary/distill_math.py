@@ -52,13 +52,16 @@ class RowSplit:
     def ids(self) -> torch.Tensor:
         return torch.nonzero(self.trainable).flatten()
 
+    def to(self, device: torch.device) -> "RowSplit":
+        return RowSplit(trainable=self.trainable.to(device), local=self.local.to(device))
 
-def pad_batch(sequences: Sequence[torch.Tensor], pad: int = 0) -> torch.Tensor:
+
+def pad_batch(sequences: Sequence[torch.Tensor], pad: int = 0, device: torch.device | None = None) -> torch.Tensor:
     """Right-padded (B, L) ids: a causal model's states before the padding do not see it."""
     out = torch.full((len(sequences), max(s.numel() for s in sequences)), pad, dtype=torch.int64)
     for row, seq in enumerate(sequences):
         out[row, :seq.numel()] = seq
-    return out
+    return out if device is None else out.to(device)
 
 
 def gather_positions(states: torch.Tensor, positions: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -77,12 +80,15 @@ def lookup(table: torch.Tensor, rows: torch.Tensor, split: RowSplit, ids: torch.
 def distillation_loss(body: Body, teacher_table: torch.Tensor, head: torch.Tensor, table: torch.Tensor,
                       rows: torch.Tensor, split: RowSplit, batch: Sequence[Passage]) -> tuple[torch.Tensor, int]:
     """``KL(p_B || p_new)`` over B's vocabulary at the aligned positions of `batch`, and their count."""
+    device = table.device
     with torch.no_grad():
-        teacher = body(F.embedding(pad_batch([p.old_ids for p in batch]), teacher_table))
+        teacher = body(F.embedding(pad_batch([p.old_ids for p in batch], device=device), teacher_table))
         target = F.log_softmax(gather_positions(teacher, [p.old_pos for p in batch]) @ head.T, dim=-1)
-    student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch])))
+    student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch], device=device)))
     logits = gather_positions(student, [p.new_pos for p in batch]) @ head.T
-    loss = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
+    # log-softmax in fp32 whatever the body computed in: the KL of two near-equal distributions
+    # is a small difference that bf16 would round away
+    loss = F.kl_div(F.log_softmax(logits.float(), dim=-1), target.float(), log_target=True, reduction="batchmean")
     return loss, target.shape[0]
 
 
@@ -130,7 +136,7 @@ class HeadFeatures:
 
 def unit_direction(hidden: torch.Tensor) -> torch.Tensor:
     """Least-squares v with ``hidden @ v ≈ 1``: adding ``c·v`` to a row adds about c to its logit."""
-    ones = torch.ones(hidden.shape[0], 1, dtype=hidden.dtype)
+    ones = torch.ones(hidden.shape[0], 1, dtype=hidden.dtype, device=hidden.device)
     return torch.linalg.lstsq(hidden, ones).solution.squeeze(1)
 
 
@@ -146,13 +152,13 @@ class HeadMap(torch.nn.Module):
 
     def __init__(self, features: HeadFeatures) -> None:
         super().__init__()
-        d = features.first.shape[1]
+        d, device = features.first.shape[1], features.first.device
         self.features = features
-        self.first_map = torch.nn.Parameter(torch.eye(d))
-        self.mean_map = torch.nn.Parameter(torch.zeros(d, d))
-        self.input_map = torch.nn.Parameter(torch.zeros(d, d)) if features.input is not None else None
-        self.shift = torch.nn.Parameter(torch.zeros(d))
-        self.offset = torch.nn.Parameter(torch.zeros(features.first.shape[0]))
+        self.first_map = torch.nn.Parameter(torch.eye(d, device=device))
+        self.mean_map = torch.nn.Parameter(torch.zeros(d, d, device=device))
+        self.input_map = torch.nn.Parameter(torch.zeros(d, d, device=device)) if features.input is not None else None
+        self.shift = torch.nn.Parameter(torch.zeros(d, device=device))
+        self.offset = torch.nn.Parameter(torch.zeros(features.first.shape[0], device=device))
 
     def rows(self) -> torch.Tensor:
         f = self.features
@@ -160,7 +166,7 @@ class HeadMap(torch.nn.Module):
         return rows if self.input_map is None else rows + f.input @ self.input_map
 
     def penalty(self) -> torch.Tensor:
-        eye = torch.eye(self.first_map.shape[0])
+        eye = torch.eye(self.first_map.shape[0], device=self.first_map.device)
         maps = (self.first_map - eye).pow(2).sum() + self.mean_map.pow(2).sum() + self.offset.pow(2).mean()
         return maps if self.input_map is None else maps + self.input_map.pow(2).sum()
 

@@ -115,6 +115,11 @@ class InitConfig:
     # 2,048 rather than 512: each step recomputes every learnt row through the d×d maps, so larger
     # steps are ~1.4× faster, and the held-out curve is smoother (BENCHMARKS.md).
     head_fit_batch_size: int = field(default=2048, metadata={"help": "distill: positions per head-fit step"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "distill: where the original model runs (auto: the first GPU when one is visible)"})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
+        "help": "distill: compute dtype of the model's passes (auto: bf16 on GPU, fp32 on CPU); the learnt "
+                "rows and the head fit stay fp32"})
     eval_text: DatasetRef | None = field(default=None, metadata={
         "help": "held-out text file: report bits per character of the original and the new model"})
     eval_text_field: str = field(default="text", metadata={"help": "JSON field of eval_text holding the text"})

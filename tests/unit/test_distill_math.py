@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from lingraft.errors import LingraftError
+from lingraft.vocabulary.distill_init import DistillRuntime
 from lingraft.vocabulary.distill_math import (
     HeadFeatures,
     RowSplit,
@@ -88,3 +91,16 @@ def test_a_repeated_window_keeps_its_length_and_repeats_its_first_half():
     first, second = text.split("\n\n")
     assert first == second and window.startswith(first) and abs(len(text) - len(window)) <= 2
     assert repeated_half("безпробелов") == "безпр\n\nбезпр"
+
+
+def test_distill_runtime_is_fp32_on_cpu_unless_told_and_refuses_a_missing_gpu():
+    assert DistillRuntime.resolve("cpu", "auto") == DistillRuntime(torch.device("cpu"), torch.float32)
+    bf16 = DistillRuntime.resolve("cpu", "bf16")
+    assert bf16.dtype == torch.bfloat16
+    with bf16.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with DistillRuntime.resolve("cpu", "fp32").autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(LingraftError, match="no CUDA device"):
+            DistillRuntime.resolve("cuda", "auto")
