@@ -22,6 +22,7 @@ DEFAULT_METRICS: dict[str, str] = {
     "tokenizer extend": "metrics.added",
     "tokenizer optimize": "metrics.vocab_size",
     "init": "metrics.rows",
+    "fit-head": "metrics.held_out_cross_entropy",
     "train": "metrics.final_loss",
     "export": "metrics.trained_tensors",
     "propagate": "metrics.tokens",

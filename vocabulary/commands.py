@@ -33,3 +33,10 @@ COMMANDS.append(Command(
 COMMANDS.append(Command(
     path=("tokenizer", "optimize"), config_cls=OptimizeConfig, runner="lingraft.vocabulary.optimize:run_optimize",
     help="LEP Optimized vocabulary: the base shrunk to its --keep most used tokens, plus --add new-language tokens"))
+
+# refit the head after training
+from lingraft.vocabulary.fit_head_config import FitHeadConfig  # noqa: E402
+
+COMMANDS.append(Command(
+    path=("fit-head",), config_cls=FitHeadConfig, runner="lingraft.vocabulary.fit_head:run_fit_head",
+    help="refit an adapted model's learnt head rows on its own states (after its input rows trained)"))

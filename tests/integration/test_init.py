@@ -330,20 +330,30 @@ def test_transtokenize_is_wired_in(untied_model, new_tokenizer_dir, tmp_path, ru
     assert "aligned" in stdout
 
 
-def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, new_tokenizer_dir, tmp_path, run_cli,
-                                                                   shared):
-    """The default method on a tiny tied model: old rows untouched in both tables, the head untied
-    and fitted (held-out cross-entropy below where it started), the input rows distilled."""
-    from transformers import AutoModelForCausalLM
-    corpus = tmp_path / "corpus.jsonl"
+@pytest.fixture(scope="module")
+def ud_corpus(shared, tmp_path_factory) -> Path:
+    """120 UD Russian sentences: what the distillation and the head fit read."""
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     with open(shared / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
         corpus.write_text("".join(line for line, _ in zip(fh, range(120))), encoding="utf-8")
+    return corpus
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, new_tokenizer_dir, tmp_path, run_cli,
+                                                                   ud_corpus, precision):
+    """The default method on a tiny tied model: old rows untouched in both tables, the head untied
+    and fitted (held-out cross-entropy below where it started), the input rows distilled; in bf16
+    the passes are autocast and the tables still come out fp32 with their old rows exact."""
+    from transformers import AutoModelForCausalLM
     out = tmp_path / "distill"
     code, stdout, err = run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", out,
-                                "--corpus", corpus, "--distill-passages", 48, "--distill-steps", 6,
-                                "--distill-batch-size", 4, "--head-fit-epochs", 3, "--head-fit-lr", 0.01)
+                                "--corpus", ud_corpus, "--distill-passages", 48, "--distill-steps", 6,
+                                "--distill-batch-size", 4, "--head-fit-epochs", 3, "--head-fit-lr", 0.01,
+                                "--precision", precision)
     assert code == 0, err
     stats = json.loads((out / "manifest.json").read_text())["metrics"]["distill"]
+    assert stats["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision] and stats["device"] == "cpu"
     assert stats["untied"] and stats["input"]["kl_last"] < stats["input"]["kl_first"]
     curve = stats["output"]["cross_entropy_by_epoch"]
     assert min(held for _, held in curve) < curve[0][1] + 1e-6
@@ -358,3 +368,44 @@ def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, ne
     assert torch.equal(embed[kept], old[old_ids]) and torch.equal(head[kept], old[old_ids])
     learnt = [i for i, code in enumerate(token_map.provenance.tolist()) if code not in (0, 5)]
     assert not torch.equal(embed[learnt], head[learnt])
+
+
+def test_fit_head_refits_only_the_learnt_head_rows(tied_model, new_tokenizer_dir, tmp_path, run_cli, ud_corpus):
+    """After `init --method distill`, `fit-head` changes the learnt rows of the head and nothing
+    else: every other tensor, the kept head rows and the side files come over unchanged."""
+    init = tmp_path / "init"
+    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", init, "--corpus", ud_corpus,
+                   "--distill-passages", 24, "--distill-steps", 2, "--head-fit-epochs", 1)[0] == 0
+    out = tmp_path / "refit"
+    code, stdout, err = run_cli("fit-head", "--model", init, "--base", tied_model, "--corpus", ud_corpus, "--out", out,
+                                "--passages", 48, "--epochs", 3, "--lr", 0.01, "--precision", "bf16")
+    assert code == 0, err
+    assert "learnt head rows refitted" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "fit_head" and manifest["metrics"]["precision"] == "bfloat16"
+    curve = manifest["metrics"]["cross_entropy_by_epoch"]
+    assert min(held for _, held in curve) < curve[0][1] + 1e-6
+    before, after = all_tensors(init), all_tensors(out)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before if name != HEAD)
+    provenance = TokenMap.load(out / "token_map.safetensors").provenance
+    learnt = torch.tensor([code not in (0, 5) for code in provenance.tolist()])   # not kept, not special
+    rows = provenance.numel()
+    assert torch.equal(before[HEAD][:rows][~learnt], after[HEAD][:rows][~learnt])
+    assert not torch.equal(before[HEAD][:rows][learnt], after[HEAD][:rows][learnt])
+    for name in ("config.json", "tokenizer.json", "token_map.safetensors", "generation_config.json"):
+        assert (init / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_fit_head_refuses_a_tied_head_and_a_folder_without_a_token_map(tied_model, untied_model, new_tokenizer_dir,
+                                                                       tmp_path, run_cli, ud_corpus):
+    mean = tmp_path / "mean"
+    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", mean,
+                   "--method", "mean")[0] == 0
+    code, _, err = run_cli("fit-head", "--model", mean, "--base", tied_model, "--corpus", ud_corpus,
+                           "--out", tmp_path / "a")
+    assert code != 0 and "ties its head" in err
+    code, _, err = run_cli("fit-head", "--model", untied_model, "--base", untied_model, "--corpus", ud_corpus,
+                           "--out", tmp_path / "b")
+    assert code != 0 and "has no token_map.safetensors" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

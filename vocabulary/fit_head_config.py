@@ -1,0 +1,47 @@
+"""Config of `lingraft fit-head` (light: no torch/transformers import, so `lingraft --help` stays fast)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lingraft.config import DatasetRef, ModelRef, OutputPath, require
+
+
+@dataclass
+class FitHeadConfig:
+    """Refit an adapted model's learnt head rows on the states its own body and input rows produce.
+
+    `lingraft init --method distill` fits the new head rows on the states of the *initial* input
+    rows; training moves the input rows, and with them the states the head reads. This refits
+    the same shared head map (vocabulary/distill_math.HeadMap) on the trained model's states.
+    """
+    model: ModelRef = field(metadata={
+        "help": "the adapted model: an untied head and a token map (`lingraft init --method distill`, trained, exported)"})
+    base: ModelRef = field(metadata={
+        "help": "the original model: its tokenizer and head give each new row its first-piece and mean features"})
+    corpus: list[DatasetRef] = field(metadata={"help": "text the model reads (files or folders: the training mix)"})
+    out: OutputPath = field(metadata={"help": "output folder: the model with its learnt head rows refitted"})
+    corpus_field: str = field(default="text", metadata={"help": "JSON field of corpus holding the text"})
+    passages: int = field(default=384, metadata={"help": "corpus windows read (sampled evenly)"})
+    passage_chars: int = field(default=400, metadata={"help": "characters per window"})
+    copy_share: float = field(default=0.5, metadata={
+        "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})
+    epochs: int = field(default=12, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
+    lr: float = field(default=1.0e-3, metadata={"help": "head-map learning rate"})
+    batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
+    state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
+        "help": "where the model runs (auto: the first GPU when one is visible)"})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
+        "help": "compute dtype of the forward passes (auto: bf16 on GPU, fp32 on CPU); the fit runs in fp32"})
+    seed: int = 0
+    max_shard_gb: float = field(default=5.0, metadata={"help": "largest output shard in GB"})
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.corpus), "corpus", "give the text the model reads (e.g. the training mix)")
+        for name in ("passages", "passage_chars", "epochs", "batch_size", "state_batch_size"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(0 <= self.copy_share <= 1, "copy_share", f"must be in [0, 1], got {self.copy_share}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.max_shard_gb > 0, "max_shard_gb", f"must be > 0, got {self.max_shard_gb}")
