@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODEL_ORDER = ["B", "I", "init", "A", "swap", "overlap", "conversion", "calibrated"]
+MODEL_ORDER = ["B", "I", "init", "trained", "A", "swap", "overlap", "conversion", "calibrated"]
 MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, distilled init",
-              "A": "init + new rows trained", "swap": "A -> I, swap", "overlap": "A -> I, overlap",
+              "trained": "init + new rows trained (head rows from init)", "A": "trained + head rows refitted",
+              "swap": "A -> I, swap", "overlap": "A -> I, overlap",
               "conversion": "A -> I, conversion", "calibrated": "conversion + LEP self-calibration"}
 
 

@@ -144,8 +144,11 @@ def test_demo_preset_validates(monkeypatch, shared, smollm2):
     assert stages["init"].config.model == str(smollm2)                 # {builtin:smollm2}
     assert stages["train"].config.backend == "local"
     assert str(stages["sft_train"].config.model) == str(smollm2) and stages["sft_train"].config.trainable == "full"
+    # A is the trained model with its head refitted; that is what propagation carries into I
+    assert str(stages["refit"].config.model) == str(stages["export"].config.out)
     for method in ("swap", "overlap", "conversion"):   # A propagated into the SFT sibling I, not into B
         propagate = stages[method].config
+        assert str(propagate.adapted) == str(stages["refit"].config.out)
         assert (propagate.method, propagate.base) == (method, str(smollm2))
         assert str(propagate.instruct) == str(stages["instruct"].config.out) != str(smollm2)
     heldout = stages["heldout_author"].config.sources[0].include
