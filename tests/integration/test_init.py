@@ -9,48 +9,10 @@ import pytest
 import torch
 
 from lingraft.hf_folder import INDEX_FILE
-from tests.helpers import all_tensors, gpt2_with_chat_token, save_tiny_llama, train_small_ru_tokenizer
+from tests.helpers import all_tensors, save_tiny_llama
 from lingraft.vocabulary.token_map import TokenMap
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
-CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-EXTRA_ROWS = 6          # the source checkpoints pad their embeddings past len(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def old_tokenizer(shared):
-    tok = gpt2_with_chat_token(shared)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def new_tokenizer_dir(shared, tmp_path_factory) -> Path:
-    """A 1,500-token SentencePiece-style BPE (byte fallback) on a RusLit slice."""
-    return train_small_ru_tokenizer(shared, tmp_path_factory.mktemp("tok") / "ru1500", 1500, 300_000)
-
-
-def _model(folder: Path, old_tokenizer, tied: bool, shard: str | None) -> Path:
-    save_tiny_llama(folder, vocab=len(old_tokenizer) + EXTRA_ROWS, tied=tied, shard=shard)
-    eot = old_tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    for name in ("config.json", "generation_config.json"):
-        config = json.loads((folder / name).read_text())
-        config.update(bos_token_id=eot, eos_token_id=[eot, old_tokenizer.convert_tokens_to_ids("<|im_start|>")])
-        (folder / name).write_text(json.dumps(config))
-    old_tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def untied_model(tmp_path_factory, old_tokenizer) -> Path:
-    return _model(tmp_path_factory.mktemp("untied") / "m", old_tokenizer, tied=False, shard="1MB")
-
-
-@pytest.fixture(scope="module")
-def tied_model(tmp_path_factory, old_tokenizer) -> Path:
-    return _model(tmp_path_factory.mktemp("tied") / "m", old_tokenizer, tied=True, shard=None)
-
-
 @pytest.fixture(scope="module")
 def untied_mean(untied_model, new_tokenizer_dir, tmp_path_factory) -> Path:
     from lingraft.cli import main
@@ -330,15 +292,6 @@ def test_transtokenize_is_wired_in(untied_model, new_tokenizer_dir, tmp_path, ru
     assert "aligned" in stdout
 
 
-@pytest.fixture(scope="module")
-def ud_corpus(shared, tmp_path_factory) -> Path:
-    """120 UD Russian sentences: what the distillation and the head fit read."""
-    corpus = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
-    with open(shared / "ru_text" / "ud_russian_sentences.jsonl", encoding="utf-8") as fh:
-        corpus.write_text("".join(line for line, _ in zip(fh, range(120))), encoding="utf-8")
-    return corpus
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, new_tokenizer_dir, tmp_path, run_cli,
                                                                    ud_corpus, precision):
@@ -369,43 +322,3 @@ def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, ne
     learnt = [i for i, code in enumerate(token_map.provenance.tolist()) if code not in (0, 5)]
     assert not torch.equal(embed[learnt], head[learnt])
 
-
-def test_fit_head_refits_only_the_learnt_head_rows(tied_model, new_tokenizer_dir, tmp_path, run_cli, ud_corpus):
-    """After `init --method distill`, `fit-head` changes the learnt rows of the head and nothing
-    else: every other tensor, the kept head rows and the side files come over unchanged."""
-    init = tmp_path / "init"
-    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", init, "--corpus", ud_corpus,
-                   "--distill-passages", 24, "--distill-steps", 2, "--head-fit-epochs", 1)[0] == 0
-    out = tmp_path / "refit"
-    code, stdout, err = run_cli("fit-head", "--model", init, "--base", tied_model, "--corpus", ud_corpus, "--out", out,
-                                "--passages", 48, "--epochs", 3, "--lr", 0.01, "--precision", "bf16")
-    assert code == 0, err
-    assert "learnt head rows refitted" in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "fit_head" and manifest["metrics"]["precision"] == "bfloat16"
-    curve = manifest["metrics"]["cross_entropy_by_epoch"]
-    assert min(held for _, held in curve) < curve[0][1] + 1e-6
-    before, after = all_tensors(init), all_tensors(out)
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[name], after[name]) for name in before if name != HEAD)
-    provenance = TokenMap.load(out / "token_map.safetensors").provenance
-    learnt = torch.tensor([code not in (0, 5) for code in provenance.tolist()])   # not kept, not special
-    rows = provenance.numel()
-    assert torch.equal(before[HEAD][:rows][~learnt], after[HEAD][:rows][~learnt])
-    assert not torch.equal(before[HEAD][:rows][learnt], after[HEAD][:rows][learnt])
-    for name in ("config.json", "tokenizer.json", "token_map.safetensors", "generation_config.json"):
-        assert (init / name).read_bytes() == (out / name).read_bytes(), name
-
-
-def test_fit_head_refuses_a_tied_head_and_a_folder_without_a_token_map(tied_model, untied_model, new_tokenizer_dir,
-                                                                       tmp_path, run_cli, ud_corpus):
-    mean = tmp_path / "mean"
-    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", mean,
-                   "--method", "mean")[0] == 0
-    code, _, err = run_cli("fit-head", "--model", mean, "--base", tied_model, "--corpus", ud_corpus,
-                           "--out", tmp_path / "a")
-    assert code != 0 and "ties its head" in err
-    code, _, err = run_cli("fit-head", "--model", untied_model, "--base", untied_model, "--corpus", ud_corpus,
-                           "--out", tmp_path / "b")
-    assert code != 0 and "has no token_map.safetensors" in err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,0 +1,52 @@
+"""`lingraft fit-head` end to end on a tiny tied Llama given a Russian vocabulary by `init --method distill`."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lingraft.vocabulary.token_map import TokenMap
+from tests.helpers import all_tensors
+
+HEAD = "lm_head.weight"
+
+
+def test_fit_head_refits_only_the_learnt_head_rows(tied_model, new_tokenizer_dir, tmp_path, run_cli, ud_corpus):
+    """After `init --method distill`, `fit-head` changes the learnt rows of the head and nothing
+    else: every other tensor, the kept head rows and the side files come over unchanged."""
+    init = tmp_path / "init"
+    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", init, "--corpus", ud_corpus,
+                   "--distill-passages", 24, "--distill-steps", 2, "--head-fit-epochs", 1)[0] == 0
+    out = tmp_path / "refit"
+    code, stdout, err = run_cli("fit-head", "--model", init, "--base", tied_model, "--corpus", ud_corpus, "--out", out,
+                                "--passages", 48, "--epochs", 3, "--lr", 0.01, "--precision", "bf16")
+    assert code == 0, err
+    assert "learnt head rows refitted" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "fit_head" and manifest["metrics"]["precision"] == "bfloat16"
+    curve = manifest["metrics"]["cross_entropy_by_epoch"]
+    assert min(held for _, held in curve) < curve[0][1] + 1e-6
+    before, after = all_tensors(init), all_tensors(out)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before if name != HEAD)
+    provenance = TokenMap.load(out / "token_map.safetensors").provenance
+    learnt = torch.tensor([code not in (0, 5) for code in provenance.tolist()])   # not kept, not special
+    rows = provenance.numel()
+    assert torch.equal(before[HEAD][:rows][~learnt], after[HEAD][:rows][~learnt])
+    assert not torch.equal(before[HEAD][:rows][learnt], after[HEAD][:rows][learnt])
+    for name in ("config.json", "tokenizer.json", "token_map.safetensors", "generation_config.json"):
+        assert (init / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_fit_head_refuses_a_tied_head_and_a_folder_without_a_token_map(tied_model, untied_model, new_tokenizer_dir,
+                                                                       tmp_path, run_cli, ud_corpus):
+    mean = tmp_path / "mean"
+    assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", mean,
+                   "--method", "mean")[0] == 0
+    code, _, err = run_cli("fit-head", "--model", mean, "--base", tied_model, "--corpus", ud_corpus,
+                           "--out", tmp_path / "a")
+    assert code != 0 and "ties its head" in err
+    code, _, err = run_cli("fit-head", "--model", untied_model, "--base", untied_model, "--corpus", ud_corpus,
+                           "--out", tmp_path / "b")
+    assert code != 0 and "has no token_map.safetensors" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
