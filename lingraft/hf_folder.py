@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ log = get_logger(__name__)
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CHECKSUM_KEY = "shard_sha256"      # in the index's "metadata", and in a lingraft manifest's "outputs"
+# Weights (safetensors, and pickles, which lingraft never loads), shard indexes and stage manifests:
+# a stage writes its own, so `copy_model_files` leaves them behind.
+NOT_MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json", "manifest.json")
 _MAX_HEADER = 100 << 20            # the safetensors library's own limit
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
              "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -326,3 +330,18 @@ def read_flat_range(info: TensorInfo, start: int, stop: int, out: "torch.Tensor 
                 raise LingraftError(f"{info.shard}: truncated while reading {info.name}")
             done += got
     return out
+
+
+def copy_model_files(model: Path, dest: Path, keep: Iterable[str] = ()) -> list[str]:
+    """Copy `model`'s top-level non-weight files (config, tokenizer, chat template) into `dest`,
+    and the files named in `keep` (e.g. a token map) even though they end like weights. Hidden
+    files and subfolders (an exported adapter) are not copied. Returns the names copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    keep = set(keep)
+    copied = []
+    for path in sorted(model.iterdir()):
+        if path.is_file() and (path.name in keep or not (path.name.startswith(".")
+                                                         or path.name.endswith(NOT_MODEL_FILES))):
+            shutil.copy2(path, dest / path.name)
+            copied.append(path.name)
+    return copied

@@ -17,10 +17,11 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def save_tiny_llama(folder: Path, vocab: int, tied: bool, shard: str | None = "40KB", seed: int = 0) -> Path:
+def save_tiny_llama(folder: Path, vocab: int, tied: bool, shard: str | None = "40KB", seed: int = 0,
+                    hidden_size: int = 32) -> Path:
     """A random 2-layer Llama in bf16, sharded when `shard` is given (the output of any HF save)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden_size, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=tied, bos_token_id=0, eos_token_id=0, pad_token_id=None)
     torch.manual_seed(seed)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lingraft.compute import resolve_device_dtype
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.train.config import TrainConfig, parse_id_ranges
@@ -31,12 +32,8 @@ class Runtime:
 
 def resolve_runtime(cfg: TrainConfig, local_rank: int = 0) -> Runtime:
     """Device, dtype and attention kernel: bf16 on GPU and fp32 on CPU unless told otherwise."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise LingraftError("device=cuda but no CUDA device is visible")
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.precision,
-                                                                 torch.bfloat16 if use_cuda else torch.float32)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.precision, local_rank)
+    use_cuda = device.type == "cuda"
     attention = cfg.attention
     if attention == "auto":
         if use_cuda and importlib.util.find_spec("flash_attn") is not None:

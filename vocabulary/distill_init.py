@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
+from lingraft.compute import resolve_device_dtype
 from lingraft.data_prep.readers import iter_texts
 from lingraft.evaluation.bpc import start_token_id
 from lingraft.errors import LingraftError
@@ -62,12 +63,11 @@ class DistillRuntime:
     @classmethod
     def resolve(cls, device: str, precision: str) -> "DistillRuntime":
         """auto: the first GPU when one is visible; bf16 on GPU and fp32 on CPU unless told otherwise."""
-        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if use_cuda and not torch.cuda.is_available():
-            raise LingraftError("device=cuda but no CUDA device is visible")
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(precision,
-                                                                     torch.bfloat16 if use_cuda else torch.float32)
-        return cls(torch.device("cuda" if use_cuda else "cpu"), dtype)
+        return cls(*resolve_device_dtype(device, precision))
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     def autocast(self):
         # fp32 weights are cast per matmul: one copy of the model serves as teacher and body
@@ -107,7 +107,7 @@ def repeated_half(window: str) -> str:
 @dataclass(frozen=True)
 class WindowSample:
     """Which corpus windows the original (or the adapted) model reads."""
-    corpus: list[Path]
+    corpus: list[str]   # files, folders or hub dataset ids (iter_texts reads each)
     field: str
     count: int          # windows kept
     chars: int          # characters per window
@@ -123,13 +123,14 @@ class WindowSample:
         random.Random(self.seed).shuffle(windows)
         windows = windows[:self.count]
         if not windows:
-            raise LingraftError(f"corpus: {', '.join(map(str, self.corpus))} holds no text")
+            raise LingraftError(f"corpus: {', '.join(self.corpus)} holds no text")
         copies = round(self.copy_share * len(windows))
         return [repeated_half(w) for w in windows[:copies]] + windows[copies:]
 
 
 @dataclass(frozen=True)
 class HeadFitSettings:
+    """How the head map is fitted (init's `head_fit_*` settings, or fit-head's)."""
     epochs: int
     lr: float
     batch_size: int        # positions per Adam step
@@ -138,7 +139,7 @@ class HeadFitSettings:
 
 
 def window_sample(cfg: "InitConfig") -> WindowSample:
-    return WindowSample([Path(p) for p in cfg.corpus], cfg.corpus_field, cfg.distill_passages,
+    return WindowSample([str(p) for p in cfg.corpus], cfg.corpus_field, cfg.distill_passages,
                         cfg.distill_passage_chars, cfg.distill_copy_share, cfg.seed)
 
 
@@ -206,8 +207,7 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: Dis
             bar.set_postfix(kl=f"{last:.3f}")
     seconds = time.perf_counter() - start
     log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s, %s on %s)", first, last,
-             cfg.distill_steps, positions / max(seconds, 1e-9), str(runtime.dtype).removeprefix("torch."),
-             runtime.device)
+             cfg.distill_steps, positions / max(seconds, 1e-9), runtime.dtype_name, runtime.device)
     out = table.clone()
     out[split.ids] = rows.detach().to(table.dtype)
     return out, {"kl_first": round(first, 4), "kl_last": round(last, 4), "steps": cfg.distill_steps,
@@ -241,16 +241,17 @@ def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", vocabs: tu
     return torch.tensor(first, dtype=torch.int64)
 
 
-def fit_head(settings: HeadFitSettings, model: "PreTrainedModel", runtime: DistillRuntime, table: torch.Tensor,
-             head: torch.Tensor, old_head: torch.Tensor, first: torch.Tensor, split: RowSplit,
-             sequences: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """New head rows for `split`'s learnt tokens, fitted on the body's states over `sequences`
-    read through `table`. `head` holds the frozen rows and, at the learnt ones, their mean rows;
-    `old_head` is the original head, which `first` (each token's first old piece) indexes."""
+def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: DistillRuntime,
+                  table: torch.Tensor, head: torch.Tensor, old_head: torch.Tensor, first: torch.Tensor,
+                  mean_rows: torch.Tensor, split: RowSplit, sequences: list[torch.Tensor],
+                  incumbent: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """New head rows for `split`'s learnt tokens (n, d), fitted on the body's states over
+    `sequences` read through `table`. `head` supplies the frozen rows; `old_head` is the
+    original head, which `first` (each token's first old piece) indexes; `mean_rows` are the
+    tokens' mean-of-pieces rows. `incumbent` rows stay unless an epoch beats them."""
     start = time.perf_counter()
     hidden, targets = collect_states(model, runtime, table, sequences, settings.state_batch_size)
     data: FitData = prepare_fit(hidden, targets, head, split)
-    mean_rows = head[split.ids]
     # a token with no old segmentation (an added token) starts from its mean row instead
     first_rows = torch.where((first >= 0).unsqueeze(1), old_head[first.clamp(min=0)], mean_rows)
     features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden), input=table[split.ids])
@@ -261,16 +262,16 @@ def fit_head(settings: HeadFitSettings, model: "PreTrainedModel", runtime: Disti
             curve.append((round(loss, 4), round(held, 4)))
             bar.update(1)
             bar.set_postfix(held_out_ce=f"{held:.3f}")
-        rows = fit_output_rows(data, features, settings.epochs, settings.lr, settings.batch_size, settings.seed,
-                               on_epoch=on_epoch)
-    out = head.clone()
-    out[split.ids] = rows.to(head.dtype)
+        fit = fit_output_rows(data, features, settings.epochs, settings.lr, settings.batch_size, settings.seed,
+                              on_epoch=on_epoch, incumbent=incumbent)
     seconds = time.perf_counter() - start
-    log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions; %d of %d learnt rows "
-             "occur as targets (%.1f s)", curve, data.hidden.shape[0], seen, split.ids.numel(), seconds)
-    return out, {"cross_entropy_by_epoch": curve, "positions": int(data.hidden.shape[0]),
-                 "rows_seen_as_target": int(seen), "rows_never_seen": int(split.ids.numel() - seen),
-                 "seconds": round(seconds, 1)}
+    log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions, held-out %.4f at the "
+             "start; %d of %d learnt rows occur as targets (%.1f s)", curve, data.hidden.shape[0],
+             fit.held_out_start, seen, split.ids.numel(), seconds)
+    return fit.rows, {"cross_entropy_by_epoch": curve, "held_out_start": round(fit.held_out_start, 4),
+                      "held_out_best": round(fit.held_out_best, 4), "best_epoch": fit.best_epoch,
+                      "positions": int(data.hidden.shape[0]), "rows_seen_as_target": int(seen),
+                      "rows_never_seen": int(split.ids.numel() - seen), "seconds": round(seconds, 1)}
 
 
 def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, head_table: torch.Tensor,
@@ -298,12 +299,14 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
     split = split.to(runtime.device)
     stats: dict[str, Any] = {"passages": len(passages), "aligned_positions": aligned,
                              "learnt_rows": int(split.ids.numel()), "device": str(runtime.device),
-                             "precision": str(runtime.dtype).removeprefix("torch.")}
+                             "precision": runtime.dtype_name}
     if cfg.distill_steps:
         table, stats["input"] = distill_input_rows(cfg, model, runtime, table, old_head, split, passages)
     first = first_pieces(split, old_tok, vocabs).to(runtime.device)
-    head, stats["output"] = fit_head(head_fit_settings(cfg), model, runtime, table, head, old_head, first, split,
-                                     [p.new_ids for p in passages])
+    rows, stats["output"] = fit_head_rows(head_fit_settings(cfg), model, runtime, table, head, old_head, first,
+                                          head[split.ids], split, [p.new_ids for p in passages])
+    head = head.clone()
+    head[split.ids] = rows.to(head.dtype)
     del model
     return DistilledTables(input=_restore(input_table, table.cpu()), output=_restore(head_table, head.cpu()),
                            stats=stats)

@@ -86,8 +86,8 @@ def distillation_loss(body: Body, teacher_table: torch.Tensor, head: torch.Tenso
         target = F.log_softmax(gather_positions(teacher, [p.old_pos for p in batch]) @ head.T, dim=-1)
     student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch], device=device)))
     logits = gather_positions(student, [p.new_pos for p in batch]) @ head.T
-    # log-softmax in fp32 whatever the body computed in: the KL of two near-equal distributions
-    # is a small difference that bf16 would round away
+    # Under bf16 autocast both logit matrices come out bf16 (the head projection is a fifth of the
+    # FLOPs); the softmaxes and the KL, which sum 49k terms, run in fp32 all the same.
     loss = F.kl_div(F.log_softmax(logits.float(), dim=-1), target.float(), log_target=True, reduction="batchmean")
     return loss, target.shape[0]
 
@@ -171,25 +171,38 @@ class HeadMap(torch.nn.Module):
         return maps if self.input_map is None else maps + self.input_map.pow(2).sum()
 
 
+@dataclass(frozen=True)
+class HeadFit:
+    rows: torch.Tensor        # (n, d) the rows with the lowest held-out cross-entropy
+    held_out_start: float     # held-out cross-entropy of the starting rows (the incumbent, else the untrained map)
+    held_out_best: float      # ... of `rows`
+    best_epoch: int           # 0: no epoch beat the starting rows, which are returned
+
+
 def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: float, batch_size: int, seed: int,
                     weight_decay: float = 1e-3, holdout: float = 0.1,
-                    on_epoch: Callable[[int, float, float], None] | None = None) -> torch.Tensor:
+                    on_epoch: Callable[[int, float, float], None] | None = None,
+                    incumbent: torch.Tensor | None = None) -> HeadFit:
     """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy.
 
     A `holdout` share of the positions is never trained on; the rows of the epoch with the
-    lowest held-out cross-entropy are returned, so extra epochs cannot overfit.
+    lowest held-out cross-entropy are returned, so extra epochs cannot overfit. `incumbent`
+    (rows already in use, e.g. a trained model's) competes too: an epoch must beat it.
     """
     generator = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(data.hidden.shape[0], generator=generator)
+    # the permutation is drawn on the CPU (the same on every device), then indexes on the data's device
+    perm = torch.randperm(data.hidden.shape[0], generator=generator).to(data.hidden.device)
     held = perm[:max(1, int(holdout * perm.numel()))]
     train = perm[held.numel():]
     head = HeadMap(features)
     optim = torch.optim.Adam(head.parameters(), lr=lr)
     with torch.no_grad():
-        best_rows, best = head.rows(), float(fit_loss(data, head.rows(), held))
+        best_rows = head.rows() if incumbent is None else incumbent
+        best = start = float(fit_loss(data, best_rows, held))
+    best_epoch = 0
     for epoch in range(epochs):
         total, batches = 0.0, 0
-        for index in train[torch.randperm(train.numel(), generator=generator)].split(batch_size):
+        for index in train[torch.randperm(train.numel(), generator=generator).to(train.device)].split(batch_size):
             loss = fit_loss(data, head.rows(), index)
             optim.zero_grad(set_to_none=True)
             (loss + weight_decay * head.penalty()).backward()
@@ -199,7 +212,7 @@ def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: floa
             rows = head.rows()
             held_loss = float(fit_loss(data, rows, held))
         if held_loss < best:
-            best_rows, best = rows, held_loss
+            best_rows, best, best_epoch = rows, held_loss, epoch + 1
         if on_epoch is not None:
             on_epoch(epoch, total / max(batches, 1), held_loss)
-    return best_rows
+    return HeadFit(best_rows, start, best, best_epoch)

@@ -3,13 +3,14 @@
 The head rows of `init --method distill` were fitted on the states the *initial* input rows
 produce. Training the input rows changes those states, so the head is refitted with the same
 shared map (distill_math.HeadMap, from the same first-piece and mean features of the original
-model's head) on the trained model's states over the training mix. Only the learnt rows of the
-head change; every other tensor is copied byte for byte, and the side files (config,
-tokenizer, token map) come over unchanged. The output replaces `out` only when complete.
+model's head) on the trained model's states over the training mix. The model's own rows compete
+with every epoch on held-out positions and stay unless beaten. Only the learnt rows of the
+head change; every other tensor is copied byte for byte, and the top-level side files
+(config, tokenizer, chat template, token map) come over unchanged; subfolders (an exported
+adapter) do not. The output replaces `out` only when complete.
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lingraft.errors import LingraftError
 from lingraft.evaluation.bpc import start_token_id
 from lingraft.hf_folder import (
     CHECKSUM_KEY,
-    INDEX_FILE,
+    copy_model_files,
     embedding_names,
     open_checkpoint,
     read_tensors,
@@ -30,13 +31,13 @@ from lingraft.hf_folder import (
 )
 from lingraft.hf_folder_writer import write_checkpoint
 from lingraft.log import get_logger
-from lingraft.manifest import MANIFEST_NAME, new_manifest
+from lingraft.manifest import new_manifest
 from lingraft.vocabulary.distill_init import (
     DistillRuntime,
     HeadFitSettings,
     WindowSample,
     first_pieces,
-    fit_head,
+    fit_head_rows,
     trainable_rows,
 )
 from lingraft.vocabulary.embedding_init import mapped_table
@@ -46,19 +47,6 @@ from lingraft.vocabulary.token_map import PROVENANCES, TOKEN_MAP_NAME, TokenMap
 from lingraft.vocabulary.token_matching import describe_vocabulary
 
 log = get_logger(__name__)
-
-
-def _written_anew(name: str) -> bool:
-    """The weights (shards and index) and the manifest, which the stage writes itself."""
-    return name in (INDEX_FILE, MANIFEST_NAME) or (name.endswith(".safetensors") and name != TOKEN_MAP_NAME)
-
-
-def copy_side_files(source: Path, dest: Path) -> list[str]:
-    """Everything else in the model folder, unchanged: config, tokenizer, chat template, token map."""
-    copied = [item.name for item in sorted(source.iterdir()) if item.is_file() and not _written_anew(item.name)]
-    for name in copied:
-        shutil.copy2(source / name, dest / name)
-    return copied
 
 
 def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
@@ -82,12 +70,18 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     split = trainable_rows([PROVENANCES[int(code)] for code in token_map.provenance])
     base_ckpt = open_checkpoint(base)
     base_names = embedding_names(base_ckpt)
-    old_head = next(iter(read_tensors(base_ckpt, [base_names.output or base_names.input]).values())).float()
+    base_head = next(iter(read_tensors(base_ckpt, [base_names.output or base_names.input]).values()))
+    width = ckpt.tensors[names.output].shape[1]
+    if base_head.shape[1] != width:
+        raise LingraftError(f"base: {base}'s head is {base_head.shape[1]} wide, the model's {width}: "
+                            "give the model's original (the one `lingraft init` started from)")
     vocabs = (describe_vocabulary(old_tok), describe_vocabulary(tok))
     first = first_pieces(split, old_tok, vocabs)
-    mean = mapped_table(token_map, old_head)
+    # rounded like init's mean rows: the token map applied to the table as stored, then fp32
+    mean = mapped_table(token_map, base_head).float()[split.ids]
+    old_head = base_head.float()
 
-    windows = WindowSample([Path(p) for p in cfg.corpus], cfg.corpus_field, cfg.passages, cfg.passage_chars,
+    windows = WindowSample([str(p) for p in cfg.corpus], cfg.corpus_field, cfg.passages, cfg.passage_chars,
                            cfg.copy_share, cfg.seed).windows()
     begin = start_token_id(tok)
     sequences = [torch.tensor([begin, *ids], dtype=torch.int64)
@@ -102,14 +96,18 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     rows = len(tok)
     table = model.get_input_embeddings().weight.detach()[:rows]
     stored_head = model.get_output_embeddings().weight.detach()
-    head = stored_head[:rows].clone()
     split = split.to(runtime.device)
-    head[split.ids] = mean.to(runtime.device)[split.ids]      # the fit starts from the features, not the old fit
     settings = HeadFitSettings(cfg.epochs, cfg.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed)
-    fitted, stats = fit_head(settings, model, runtime, table, head, old_head.to(runtime.device),
-                             first.to(runtime.device), split, sequences)
+    # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out positions
+    fitted, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
+                                  first.to(runtime.device), mean.to(runtime.device), split, sequences,
+                                  incumbent=stored_head[split.ids])
+    refitted = stats["best_epoch"] > 0
+    if not refitted:
+        log.warning("no epoch beat the model's own head rows on held-out positions (cross-entropy %.4f): "
+                    "they are kept", stats["held_out_start"])
     new_head = stored_head.clone()
-    new_head[split.ids] = fitted[split.ids]
+    new_head[split.ids] = fitted
     del model
 
     info = ckpt.tensors[names.output]
@@ -118,18 +116,19 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         checksums = write_checkpoint(ckpt, tmp, {names.output: new_head.cpu().to(storage_dtype(info))},
                                      int(cfg.max_shard_gb * 1e9))
-        copied = copy_side_files(folder, tmp)
-        best = min(held for _, held in stats["cross_entropy_by_epoch"])
-        metrics = {**stats, "held_out_cross_entropy": best, "learnt_rows": int(split.ids.numel()),
-                   "windows": len(windows),
-                   "device": str(runtime.device), "precision": str(runtime.dtype).removeprefix("torch."),
+        copied = copy_model_files(folder, tmp, keep=[TOKEN_MAP_NAME])
+        metrics = {**stats, "held_out_cross_entropy": stats["held_out_best"], "refitted": refitted,
+                   "learnt_rows": int(split.ids.numel()), "windows": len(windows),
+                   "device": str(runtime.device), "precision": runtime.dtype_name,
                    "total_seconds": round(time.perf_counter() - start, 1)}
         manifest.outputs = {"model": str(out), "head_tensor": names.output, "side_files": copied,
                             CHECKSUM_KEY: checksums}
         manifest.metrics = metrics
         manifest.write(tmp)
-    curve = stats["cross_entropy_by_epoch"]
-    print(f"lingraft fit-head: {split.ids.numel()} learnt head rows refitted on {stats['positions']} positions; "
-          f"held-out cross-entropy {curve[0][1]:.3f} -> {best:.3f} over {len(curve)} epochs; "
-          f"{stats['rows_never_seen']} rows never a target ({metrics['total_seconds']:.0f} s)")
+    outcome = (f"refitted (best epoch {stats['best_epoch']} of {cfg.epochs})" if refitted
+               else f"kept: no epoch of {cfg.epochs} beat them")
+    print(f"lingraft fit-head: {split.ids.numel()} learnt head rows {outcome}; held-out cross-entropy "
+          f"{stats['held_out_start']:.4f} (the model's rows) -> {stats['held_out_best']:.4f} over "
+          f"{stats['positions']} positions; {stats['rows_never_seen']} rows never a target "
+          f"({metrics['total_seconds']:.0f} s)")
     return metrics

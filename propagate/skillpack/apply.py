@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from lingraft.atomic import atomic_dir
-from lingraft.hf_folder import CHECKSUM_KEY, Checkpoint, open_checkpoint, read_tensors, resolve_model
+from lingraft.hf_folder import CHECKSUM_KEY, Checkpoint, copy_model_files, open_checkpoint, read_tensors, resolve_model
 from lingraft.hf_folder_writer import write_checkpoint_per_shard
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
@@ -32,7 +32,7 @@ from lingraft.manifest import new_manifest
 from lingraft.memory import peak_rss_bytes
 from lingraft.propagate.lep.lep_math import copy_rows, grow_rows, propagate_table
 from lingraft.propagate.skillpack.config import SkillpackApplyConfig
-from lingraft.propagate.skillpack.format import SkillPack, copy_model_files, model_fingerprint, tensor_digests
+from lingraft.propagate.skillpack.format import SkillPack, model_fingerprint, tensor_digests
 from lingraft.propagate.skillpack.stage import reconstruct, vocab_digest
 from lingraft.propagate.lep.vocabularies import OutputVocabulary, output_vocabulary
 from lingraft.vocabulary.embedding_init import padded_size

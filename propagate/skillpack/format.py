@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,7 +57,6 @@ TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16
 _READ_CHUNK = 1 << 24
 # Files of a model folder that are not weights: carried in the pack so an applied model has
 # the tuned model's config, tokenizer and chat template. Weights and lingraft records are not.
-_NOT_MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json", MANIFEST_NAME)
 
 
 def dtype_code(dtype: torch.dtype) -> str:
@@ -199,18 +197,6 @@ def decode_lowrank(read: Callable[[str], torch.Tensor], name: str, record: dict[
 
 
 # -- the pack folder -----------------------------------------------------------------------------
-def copy_model_files(model: Path, dest: Path) -> list[str]:
-    """Copy `model`'s non-weight files (config, tokenizer, chat template) into `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for path in sorted(model.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and not path.name.endswith(_NOT_MODEL_FILES) \
-                and path.name != TOKEN_MAP_NAME:
-            shutil.copy2(path, dest / path.name)
-            copied.append(path.name)
-    return copied
-
-
 def file_checksums(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of every file in a pack folder but the manifest."""
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lingraft.atomic import atomic_dir, write_json
-from lingraft.hf_folder import Checkpoint, embedding_names, open_checkpoint, read_tensors, resolve_model
+from lingraft.hf_folder import (
+    Checkpoint,
+    copy_model_files,
+    embedding_names,
+    open_checkpoint,
+    read_tensors,
+    resolve_model,
+)
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger, progress
 from lingraft.manifest import new_manifest
@@ -31,7 +38,6 @@ from lingraft.propagate.skillpack.format import (
     TORCH_DTYPES,
     Encoded,
     SkillPack,
-    copy_model_files,
     delta_dtype,
     encode_dense,
     encode_lowrank,

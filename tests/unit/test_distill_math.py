@@ -68,14 +68,20 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
     features = HeadFeatures(first=true_head[split.ids] + 0.5 * torch.randn(3, 5), mean=torch.zeros(3, 5),
                             unit=unit_direction(hidden))
     curve = []
-    rows = fit_output_rows(data, features, epochs=20, lr=0.05, batch_size=100, seed=0,
-                           on_epoch=lambda e, loss, held: curve.append(held))
+    fit = fit_output_rows(data, features, epochs=20, lr=0.05, batch_size=100, seed=0,
+                          on_epoch=lambda e, loss, held: curve.append(held))
     everything = torch.arange(600)
     before = float(fit_loss(data, features.first, everything))
-    after = float(fit_loss(data, rows, everything))
+    after = float(fit_loss(data, fit.rows, everything))
     oracle = float(fit_loss(data, true_head[split.ids], everything))
     assert after < before and after <= oracle + 0.1
-    assert curve and min(curve) < curve[0] + 1e-6
+    assert fit.held_out_best < fit.held_out_start and fit.held_out_best == min(curve)
+    assert curve[fit.best_epoch - 1] == fit.held_out_best
+    # rows already better than any epoch (the truth itself) are kept: an epoch must beat them
+    kept = fit_output_rows(data, features, epochs=2, lr=0.05, batch_size=100, seed=0,
+                           incumbent=true_head[split.ids])
+    assert kept.best_epoch == 0 and torch.equal(kept.rows, true_head[split.ids])
+    assert kept.held_out_best == kept.held_out_start
 
 
 def test_unit_direction_turns_a_scalar_into_a_logit_offset():
