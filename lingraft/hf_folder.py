@@ -23,6 +23,7 @@ from lingraft.cache import cache_root
 from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_file
 from lingraft.log import get_logger
+from lingraft.manifest import MANIFEST_NAME
 from lingraft.paths import safe_join
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ INDEX_FILE = "model.safetensors.index.json"
 CHECKSUM_KEY = "shard_sha256"      # in the index's "metadata", and in a lingraft manifest's "outputs"
 # Weights (safetensors, and pickles, which lingraft never loads), shard indexes and stage manifests:
 # a stage writes its own, so `copy_model_files` leaves them behind.
-NOT_MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json", "manifest.json")
+NOT_MODEL_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json", MANIFEST_NAME)
 _MAX_HEADER = 100 << 20            # the safetensors library's own limit
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
              "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}

@@ -173,6 +173,15 @@ def trainable_rows(provenance: list[str]) -> RowSplit:
     return RowSplit.from_mask(torch.tensor([p not in ("kept", "special") for p in provenance]))
 
 
+def load_frozen(folder: Path, runtime: DistillRuntime, trust_remote_code: bool) -> "PreTrainedModel":
+    """The model in fp32 (autocast casts per matmul) on the runtime's device, frozen, in eval mode."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code).to(runtime.device)
+    model.requires_grad_(False)
+    return model.eval()
+
+
 def _body(model: "PreTrainedModel", runtime: DistillRuntime):
     inner = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
 
@@ -278,7 +287,6 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
                    provenance: list[str], old_tok: "PreTrainedTokenizerFast",
                    new_tok: "PreTrainedTokenizerFast") -> DistilledTables:
     """Refine the mean-initialised tables with the original model at `source` (see module doc)."""
-    from transformers import AutoModelForCausalLM
     rows = len(new_tok)
     split = trainable_rows(provenance)
     vocabs = (describe_vocabulary(old_tok), describe_vocabulary(new_tok))   # described once, used twice
@@ -289,9 +297,7 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
              len(passages), sum(p.new_ids.numel() for p in passages), aligned, split.ids.numel())
     runtime = DistillRuntime.resolve(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).to(runtime.device)
-    model.requires_grad_(False)
-    model.eval()
+    model = load_frozen(source, runtime, cfg.trust_remote_code)
     # The original head scores B's vocabulary; the new vocabulary's frozen rows are those same rows.
     old_head = model.get_output_embeddings().weight.detach()
     table = input_table[:rows].to(runtime.device, torch.float32)

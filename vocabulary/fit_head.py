@@ -38,6 +38,7 @@ from lingraft.vocabulary.distill_init import (
     WindowSample,
     first_pieces,
     fit_head_rows,
+    load_frozen,
     trainable_rows,
 )
 from lingraft.vocabulary.embedding_init import mapped_table
@@ -50,7 +51,6 @@ log = get_logger(__name__)
 
 
 def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM
     start = time.perf_counter()
     folder, base = resolve_model(cfg.model), resolve_model(cfg.base)
     ckpt = open_checkpoint(folder)
@@ -89,10 +89,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
 
     runtime = DistillRuntime.resolve(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 trust_remote_code=cfg.trust_remote_code).to(runtime.device)
-    model.requires_grad_(False)
-    model.eval()
+    model = load_frozen(folder, runtime, cfg.trust_remote_code)
     rows = len(tok)
     table = model.get_input_embeddings().weight.detach()[:rows]
     stored_head = model.get_output_embeddings().weight.detach()

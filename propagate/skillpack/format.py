@@ -55,8 +55,6 @@ PACK_FILE = "pack.safetensors"
 MODEL_FILES = "model_files"
 TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _READ_CHUNK = 1 << 24
-# Files of a model folder that are not weights: carried in the pack so an applied model has
-# the tuned model's config, tokenizer and chat template. Weights and lingraft records are not.
 
 
 def dtype_code(dtype: torch.dtype) -> str:
