@@ -2,22 +2,26 @@
 
 Compared, in the same run, on the same texts and with the same tokenizer threads, with
   (a) the limit: the raw tokenizer's `encode_batch_fast` (ids only, the call the packer
-      makes) on the texts already in memory, its Rust thread pool sized to --threads;
+      makes) on the texts already in memory, its Rust thread pool sized to --threads, in a
+      fresh process (so no earlier step's heap or imports slow it down) on the system malloc;
   (b) the usual recipe: `datasets.Dataset.from_list(...).map(tokenize, batched=True,
       num_proc=--threads)` followed by `group_texts` into 1024-token blocks (as in
       transformers' run_clm.py).
-Packing runs with --workers processes of --threads // workers tokenizer threads each (one
-worker: threads of the packing process itself) and is timed end to end (`run_pack`:
-checking the parts, loading the tokenizer, starting workers, reading, tokenizing, writing
-and hashing the shards, the manifest); producing the clean parts with `prep clean`
-beforehand is not timed. Token counts exclude the EOS the packer adds, so all three count
-the same tokens. The three run interleaved, --repeats times (load from other jobs hits all
-alike); each reports the median, the spread and the 1-minute load average around its runs.
-Ratios are ratios of median times on the same token count (higher is better for packing).
+Packing runs with its defaults (one worker process per core, each preloading mimalloc or
+jemalloc when installed, see `lingraft.preload`; --workers overrides) and is timed end to
+end (`run_pack`: checking the parts, loading the tokenizer, starting workers, reading,
+tokenizing, writing and hashing the shards, the manifest); producing the clean parts with
+`prep clean` beforehand is not timed. When the packer preloads an allocator, (a) is also run
+with that allocator preloaded, as a second reference: how much of the packer's speed is the
+allocator's. Token counts exclude the EOS the packer adds, so all count the same tokens.
+The steps run interleaved, --repeats times (load from other jobs hits all alike); each
+reports the median, the spread and the 1-minute load average around its runs. Ratios are
+ratios of median times on the same token count (higher is better for packing).
 
-    .venv/bin/python bench/pack_throughput.py [--threads 2] [--workers 1] [--repeats 3]
+    .venv/bin/python bench/pack_throughput.py [--threads 2] [--workers N] [--repeats 3]
 
-The last line is JSON: {"ratio_vs_encode_batch_fast", "ratio_vs_hf_recipe", "tokens_per_s"}.
+The last line is JSON: {"ratio_vs_encode_batch_fast", "ratio_vs_hf_recipe", "tokens_per_s"}, and
+"ratio_vs_encode_batch_fast_same_allocator" when the packer preloads one.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import chain
@@ -53,14 +59,30 @@ def _clean_parts(tmp: Path) -> Path:
     return run_clean(cfg)
 
 
-def _raw(backend, texts: list[str]) -> tuple[int, float, float]:
+def _raw(clean: Path, tokenizer: str, threads: int, allocator: str | None) -> tuple[int, float, float]:
+    """`encode_batch_fast` timed in a fresh process (`--step raw`), on `allocator` if given."""
+    from lingraft.preload import preloaded
+    with preloaded(allocator):
+        env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+        result = subprocess.run([sys.executable, __file__, "--step", "raw", "--clean", str(clean),
+                                 "--tokenizer", tokenizer], env=env, check=True, capture_output=True, text=True)
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    return run["tokens"], run["seconds"], run["cpu_s"]
+
+
+def _raw_step(clean: Path, tokenizer: str) -> None:
+    """The child of `_raw`: load the texts and the tokenizer untimed, then time the call."""
+    from lingraft.data_prep.readers import iter_texts
+    from lingraft.vocabulary.loading import load_tokenizer
+    texts = [text for part in sorted(clean.glob("part_*.jsonl")) for text in iter_texts(str(part))]
+    backend = load_tokenizer(tokenizer).backend_tokenizer
     start, cpu = time.perf_counter(), _cpu_seconds()
     encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    return sum(len(e) for e in encodings), seconds, cpu
+    print(json.dumps({"tokens": sum(len(e) for e in encodings), "seconds": seconds, "cpu_s": cpu}))
 
 
-def _pack(clean: Path, out: Path, tokenizer: str, workers: int) -> tuple[int, float, float]:
+def _pack(clean: Path, out: Path, tokenizer: str, workers: int | None) -> tuple[int, float, float]:
     from lingraft.data_prep.pack import run_pack
     from lingraft.data_prep.pack_config import PackConfig
     from lingraft.manifest import read_manifest
@@ -118,44 +140,65 @@ def _timed(step, *args) -> tuple[int, float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="tokenizer threads for every method")
-    parser.add_argument("--workers", type=int, default=1, help="packing processes (threads // workers threads each)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="cores for every method (this process is pinned to that many)")
+    parser.add_argument("--workers", type=int, default=None, help="packing processes (default: the packer's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokenizer", default=str(SHARED / "tokenizers/llama3/tokenizer.json.xz"))
+    parser.add_argument("--step", choices=["raw"], help=argparse.SUPPRESS)   # internal: the raw reference's child
+    parser.add_argument("--clean", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.step == "raw":
+        return _raw_step(args.clean, args.tokenizer)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.threads > len(cores):
+        parser.error(f"--threads {args.threads}: only {len(cores)} cores are available")
+    os.sched_setaffinity(0, cores[:args.threads])   # inherited by the raw reference and the packer's workers
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
+    from lingraft.data_prep.pack_encode import plan_workers
     from lingraft.data_prep.readers import iter_texts
     from lingraft.log import setup_logging
+    from lingraft.preload import find_allocator
     from lingraft.vocabulary.loading import load_tokenizer
     setup_logging()
+    allocator = find_allocator("auto")
+    preloads = plan_workers(args.workers, allocator, args.threads) > 1 and allocator is not None
 
     tmp = Path(tempfile.mkdtemp(prefix="pack_bench_"))
     try:
         clean = _clean_parts(tmp)
         texts = [text for part in sorted(clean.glob("part_*.jsonl")) for text in iter_texts(str(part))]
         tok = load_tokenizer(args.tokenizer)
-        backend = tok.backend_tokenizer
-        fast, packs, hf = [], [], []
+        runs: dict[str, list] = {"encode_batch_fast": [], "pack": [], "hf_recipe": []}
+        if preloads:
+            runs["encode_batch_fast_preloaded"] = []
         for i in range(args.repeats):   # interleaved, so load from other jobs hits all alike
-            fast.append(_timed(_raw, backend, texts))
-            packs.append(_timed(_pack, clean, tmp / "packed", args.tokenizer, args.workers))
-            hf.append(_timed(_hf_recipe, tok, texts, args.threads, tmp / f"hf{i}"))
-            print(f"repeat {i}: encode_batch_fast {fast[-1][1]:.2f}s, pack {packs[-1][1]:.2f}s, "
-                  f"hf recipe {hf[-1][1]:.2f}s, load {os.getloadavg()[0]:.2f}", flush=True)
-        n_tokens = fast[0][0]
-        assert all(run[0] == n_tokens for run in fast + packs), "token counts differ"
-        summary = {"encode_batch_fast": _summary(fast), "pack": _summary(packs), "hf_recipe": _summary(hf)}
-        fast_s, pack_s, hf_s = (summary[k]["median_s"] for k in ("encode_batch_fast", "pack", "hf_recipe"))
+            runs["encode_batch_fast"].append(_timed(_raw, clean, args.tokenizer, args.threads, None))
+            if preloads:
+                runs["encode_batch_fast_preloaded"].append(_timed(_raw, clean, args.tokenizer, args.threads, allocator))
+            runs["pack"].append(_timed(_pack, clean, tmp / "packed", args.tokenizer, args.workers))
+            runs["hf_recipe"].append(_timed(_hf_recipe, tok, texts, args.threads, tmp / f"hf{i}"))
+            print(f"repeat {i}: " + ", ".join(f"{name} {r[-1][1]:.2f}s" for name, r in runs.items())
+                  + f", load {os.getloadavg()[0]:.2f}", flush=True)
+        n_tokens = runs["encode_batch_fast"][0][0]
+        assert all(run[0] == n_tokens for name, rs in runs.items() if name != "hf_recipe" for run in rs), \
+            "token counts differ"
+        summary = {name: _summary(rs) for name, rs in runs.items()}
+        median = {name: summary[name]["median_s"] for name in runs}
         detail = {"chars": sum(map(len, texts)), "docs": len(texts), "tokens": n_tokens, "threads": args.threads,
-                  "workers": args.workers, "repeats": args.repeats, **summary,
-                  "paired_ratios_vs_encode_batch_fast": [round(f[1] / p[1], 3) for f, p in zip(fast, packs)],
-                  "hf_recipe_block_tokens": hf[0][0], "cpu_count": os.cpu_count()}
+                  "workers": args.workers, "allocator": allocator if preloads else None, "repeats": args.repeats,
+                  **summary, "paired_ratios_vs_encode_batch_fast": [
+                      round(f[1] / p[1], 3) for f, p in zip(runs["encode_batch_fast"], runs["pack"])],
+                  "hf_recipe_block_tokens": runs["hf_recipe"][0][0], "cpu_count": os.cpu_count()}
         print(json.dumps(detail))
-        print(json.dumps({"ratio_vs_encode_batch_fast": round(fast_s / pack_s, 3),
-                          "ratio_vs_hf_recipe": round(hf_s / pack_s, 3),
-                          "tokens_per_s": round(n_tokens / pack_s)}))
+        ratios = {"ratio_vs_encode_batch_fast": round(median["encode_batch_fast"] / median["pack"], 3),
+                  "ratio_vs_hf_recipe": round(median["hf_recipe"] / median["pack"], 3)}
+        if preloads:
+            ratios["ratio_vs_encode_batch_fast_same_allocator"] = round(
+                median["encode_batch_fast_preloaded"] / median["pack"], 3)
+        print(json.dumps({**ratios, "tokens_per_s": round(n_tokens / median["pack"])}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

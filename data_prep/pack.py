@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from lingraft.data_prep.pack_config import PackConfig
-from lingraft.data_prep.pack_encode import EncodedBatch, WorkerPool
+from lingraft.data_prep.pack_encode import EncodedBatch, WorkerPool, plan_workers
 from lingraft.data_prep.pack_seams import cut_points, cuts_at_paragraphs, pieces, seam_facts
 from lingraft.data_prep.packed_format import (FORMAT, ShardBuilder, packed_outputs, read_valid_done, shard_name,
                                      token_dtype, write_done)
@@ -41,6 +41,7 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
 from lingraft.manifest import ManifestError, new_manifest, read_manifest
+from lingraft.preload import find_allocator
 
 log = get_logger(__name__)
 
@@ -287,45 +288,50 @@ class RankResult:
     settings: EncodeSettings
     fingerprint: str
     vocab_size: int
+    workers: int
 
 
 def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
     """Pack this rank's shards (k % world.size == rank), skipping those already done."""
     from lingraft.data_prep.clean_stage import read_clean_parts  # validates the parts' checksums
-    from lingraft.vocabulary.loading import load_tokenizer, tokenizer_fingerprint
+    from lingraft.vocabulary.loading import load_tokenizer
 
     out = Path(cfg.out)
     parts = read_clean_parts(input_dir)
-    part_sha = {p["file"]: p["sha256"] for p in read_manifest(input_dir)["outputs"]["parts"]}
-    tok = load_tokenizer(cfg.tokenizer)
-    backend = tok.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
-    settings = EncodeSettings(seq_len=cfg.seq_len, sample_start=cfg.sample_start,
-                              bos_id=_special_id(tok, cfg.bos, cfg.bos_token, "bos"),
-                              eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"),
-                              dtype=token_dtype(len(tok)).name)
-    tokenizer_json = backend.to_str()
-    tokenizer_sha = sha256_text(tokenizer_json)
-    tasks = [ShardTask(k, part, out, _shard_key(settings, tokenizer_sha, part_sha[part.name]))
-             for k, part in enumerate(parts) if k % world.size == world.rank]
-    records = [rec for t in tasks if (rec := read_valid_done(out, shard_name(t.index), t.key))]
-    if records:
-        log.info("resuming: %d of %d shards already done", len(records), len(tasks))
-    done = {r["shard"] for r in records}
-    todo = [t for t in tasks if shard_name(t.index) not in done]
-    # Workers start first: they load their tokenizer while this process finishes its set-up;
-    # the manifest's fingerprint (a full parse of the JSON) is computed beside tokenizing.
-    with WorkerPool(backend, tokenizer_json, min(cfg.workers, max(1, len(todo))), out) as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-fingerprint") as side:
-        fingerprint = side.submit(lambda: tokenizer_fingerprint(json.loads(tokenizer_json)))
+    mine = [k for k in range(len(parts)) if k % world.size == world.rank]
+    allocator = find_allocator(cfg.allocator)
+    workers = min(plan_workers(cfg.workers, allocator, len(os.sched_getaffinity(0))), max(1, len(mine)))
+    allocator = allocator if workers > 1 else None    # one worker: threads of this process
+    log.info("tokenizing in %s, %s", f"{workers} worker processes" if workers > 1 else "this process",
+             f"allocator {allocator}" if allocator else "the system allocator")
+    # Workers start first: they start up while this process loads the tokenizer.
+    with WorkerPool(workers, out, allocator) as pool:
+        part_sha = {p["file"]: p["sha256"] for p in read_manifest(input_dir)["outputs"]["parts"]}
+        tok = load_tokenizer(cfg.tokenizer)
+        backend = tok.backend_tokenizer
+        backend.no_truncation()
+        backend.no_padding()
+        settings = EncodeSettings(seq_len=cfg.seq_len, sample_start=cfg.sample_start,
+                                  bos_id=_special_id(tok, cfg.bos, cfg.bos_token, "bos"),
+                                  eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"),
+                                  dtype=token_dtype(len(tok)).name)
+        tokenizer_json = backend.to_str()
+        pool.load(backend, tokenizer_json)
+        fingerprint = pool.fingerprint()    # for the manifest (a full parse of the JSON)
+        tokenizer_sha = sha256_text(tokenizer_json)
+        tasks = [ShardTask(k, parts[k], out, _shard_key(settings, tokenizer_sha, part_sha[parts[k].name])) for k in mine]
+        records = [rec for t in tasks if (rec := read_valid_done(out, shard_name(t.index), t.key))]
+        if records:
+            log.info("resuming: %d of %d shards already done", len(records), len(tasks))
+        done = {r["shard"] for r in records}
+        todo = [t for t in tasks if shard_name(t.index) not in done]
         cut_chars = cfg.split_chars if cuts_at_paragraphs(seam_facts(backend)) else None
         if cut_chars is None:
             log.info("documents are tokenized whole: cutting them is exact only for byte-level BPE "
                      "tokenizers with a cl100k/Llama-3 or Qwen2 pre-tokenizer (data_prep/pack_seams.py)")
         records += pack_shards(todo, settings, pool, batch_chars=cfg.batch_chars, cut_chars=cut_chars)
         fingerprint = fingerprint.result()
-    return RankResult(records, settings, fingerprint, len(tok))
+    return RankResult(records, settings, fingerprint, len(tok), workers)
 
 
 def run_pack(cfg: PackConfig) -> Path:
@@ -353,7 +359,7 @@ def run_pack(cfg: PackConfig) -> Path:
             source_mix=read_manifest(input_dir)["outputs"].get("source_mix"))
         manifest.metrics = {"seconds": round(seconds, 3), "shards_packed": len(fresh),
                             "shards_reused": len(records) - len(fresh), "ranks": world.size,
-                            "workers": cfg.workers, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
+                            "workers": mine.workers, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
         manifest.write(out)
     world.barrier()
     return out

@@ -4,12 +4,16 @@ A batch is a list of texts (whole documents, or pieces of long ones, see `pack_s
 result holds every piece's ids back to back in one buffer of the shard's token type, their
 lengths and, for `sample_start: paragraph`, the paragraph starts inside each piece. Only text
 goes to a worker and only that compact result comes back. Workers are started once per run
-and keep their tokenizer; each gets cores // workers tokenizer threads.
+and keep their tokenizer; each gets cores // workers tokenizer threads. Worker processes
+preload a faster malloc when one is installed (`lingraft.preload`); that is why, by
+default, tokenizing runs in one process per core rather than in threads of this one.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from array import array
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +26,11 @@ import numpy as np
 from lingraft.atomic import TMP_PREFIX
 from lingraft.errors import LingraftError
 from lingraft.parent_watch import exit_with_parent
+from lingraft.preload import mapped_library, preloaded
+
+# Worker processes by default: beyond this many, this process (reading, joining, writing and
+# hashing for all of them) becomes the bottleneck.
+MAX_AUTO_WORKERS = 8
 
 # The first non-blank character after a line break starts a paragraph: this covers both
 # blank-line-separated paragraphs and one-paragraph-per-line text.
@@ -49,9 +58,8 @@ def paragraph_token_starts(text: str, encoding: Any) -> list[int]:
     return starts
 
 
-def encode_texts(texts: list[str], typecode: str, paragraphs: bool, tokenizer: Any = None) -> EncodedBatch:
+def encode_texts(texts: list[str], typecode: str, paragraphs: bool, tokenizer: Any) -> EncodedBatch:
     """Tokenize `texts` in one call (spread over the tokenizer's threads)."""
-    tokenizer = tokenizer if tokenizer is not None else _WORKER_TOKENIZER
     ids = array(typecode)
     if paragraphs:  # offsets are needed to place paragraph starts
         encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
@@ -71,44 +79,83 @@ def encode_texts(texts: list[str], typecode: str, paragraphs: bool, tokenizer: A
     return EncodedBatch(ids, lengths, starts)
 
 
-_WORKER_TOKENIZER: Any = None
+def plan_workers(requested: int | None, allocator: str | None, cores: int) -> int:
+    """Tokenizer processes for this node: `requested`, or by default one per core (up to
+    `MAX_AUTO_WORKERS`) when they get a faster allocator, else 1 (threads of this process,
+    which cannot change its own allocator)."""
+    if requested is not None:
+        return requested
+    return max(1, min(cores, MAX_AUTO_WORKERS)) if allocator else 1
 
 
-def _init_worker(tokenizer_file: str, threads: int) -> None:
-    """Process-pool initializer: size the Rust thread pool before first use, then load the tokenizer."""
+_WORKER_TOKENIZERS: dict[str, Any] = {}
+
+
+def _init_worker(threads: int, allocator: str | None) -> None:
+    """Process-pool initializer: size the Rust thread pool before first use."""
     exit_with_parent()   # a killed `prep pack` must not leave workers packing and holding memory
+    if allocator and not mapped_library(allocator):
+        print(f"pack worker {os.getpid()}: allocator {allocator} was not preloaded; using the system malloc",
+              file=sys.stderr, flush=True)
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
-    from tokenizers import Tokenizer
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer.from_file(tokenizer_file)
+    import tokenizers  # noqa: F401  (imported while the parent still loads its own tokenizer)
+
+
+def _encode_in_worker(tokenizer_file: str, texts: list[str], typecode: str, paragraphs: bool) -> EncodedBatch:
+    tokenizer = _WORKER_TOKENIZERS.get(tokenizer_file)
+    if tokenizer is None:       # the first batch: the parent wrote the file after the pool started
+        from tokenizers import Tokenizer
+        tokenizer = _WORKER_TOKENIZERS[tokenizer_file] = Tokenizer.from_file(tokenizer_file)
+    return encode_texts(texts, typecode, paragraphs, tokenizer)
+
+
+def _fingerprint(tokenizer_json: str | None, tokenizer_file: str | None = None) -> str:
+    from lingraft.vocabulary.loading import tokenizer_fingerprint
+    text = tokenizer_json if tokenizer_json is not None else Path(tokenizer_file).read_text(encoding="utf-8")
+    return tokenizer_fingerprint(json.loads(text))
 
 
 class WorkerPool:
     """Tokenizer processes for one node (or, with one worker, threads of this process: a
     tokenizer call spreads its batch over all cores and releases the GIL, so reading and
-    writing go on beside it). Start it early: workers load their tokenizer while the parent
-    finishes its set-up."""
+    writing go on beside it). Worker processes start with the pool, before the parent has
+    loaded its tokenizer; `load` hands them the tokenizer (through a file: a large spawn or
+    task payload would block this process), and they read it on their first batch."""
 
-    def __init__(self, backend: Any, tokenizer_json: str, workers: int, scratch: Path):
-        self.backend = backend
+    def __init__(self, workers: int, scratch: Path, allocator: str | None = None):
         self.workers = workers
         self._file = scratch / f"{TMP_PREFIX}tokenizer.{os.getpid()}.json"
+        self._backend: Any = None
+        self._json = ""
         self.executor: Executor
         if workers > 1:
             threads = max(1, len(os.sched_getaffinity(0)) // workers)
-            # The tokenizer goes through a file: a large spawn payload would block this process
-            # until each child had started and read it, one child after another.
-            self._file.write_text(tokenizer_json, encoding="utf-8")
             # spawn, not fork: a forked child of a process that already used the Rust thread pool can hang.
             self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                                initializer=_init_worker, initargs=(str(self._file), threads))
-            for _ in range(workers):   # the pool spawns on submit: start every worker now
-                self.executor.submit(int)
+                                                initializer=_init_worker, initargs=(threads, allocator))
+            with preloaded(allocator):   # the pool spawns on submit: start every worker now
+                for _ in range(workers):
+                    self.executor.submit(int)
         else:
             # Two calls at a time: while one waits on its last piece, the other keeps the threads busy.
             self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack-encode")
+
+    def load(self, backend: Any, tokenizer_json: str) -> None:
+        """The tokenizer to use: `backend` here, its JSON (`backend.to_str()`) in worker processes."""
+        self._backend = backend
+        self._json = tokenizer_json
+        if isinstance(self.executor, ProcessPoolExecutor):
+            self._file.write_text(tokenizer_json, encoding="utf-8")   # complete before any batch names it
+
+    def fingerprint(self) -> Future:
+        """The loaded tokenizer's `tokenizer_fingerprint`, computed beside tokenizing. In a worker
+        process when there are some: the canonical JSON dump holds the GIL for most of a second
+        for a large vocabulary, which here would hold up the reading that feeds the workers."""
+        if isinstance(self.executor, ProcessPoolExecutor):
+            return self.executor.submit(_fingerprint, None, str(self._file))
+        return self.executor.submit(_fingerprint, self._json)
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -118,6 +165,8 @@ class WorkerPool:
         self._file.unlink(missing_ok=True)
 
     def submit(self, texts: list[str], typecode: str, paragraphs: bool) -> Future:
+        if self._backend is None:
+            raise RuntimeError("WorkerPool.load must come before submit")
         if isinstance(self.executor, ThreadPoolExecutor):
-            return self.executor.submit(encode_texts, texts, typecode, paragraphs, self.backend)
-        return self.executor.submit(encode_texts, texts, typecode, paragraphs)
+            return self.executor.submit(encode_texts, texts, typecode, paragraphs, self._backend)
+        return self.executor.submit(_encode_in_worker, str(self._file), texts, typecode, paragraphs)

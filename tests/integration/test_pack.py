@@ -263,7 +263,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models
 from lingraft.data_prep.pack_encode import WorkerPool
 tokenizer = Tokenizer(models.WordLevel({"a": 0}, unk_token="a")).to_str()
-pool = WorkerPool(None, tokenizer, 2, Path(sys.argv[1]))
+pool = WorkerPool(2, Path(sys.argv[1]))
+pool.load(Tokenizer.from_str(tokenizer), tokenizer)
 busy = [pool.executor.submit(time.sleep, 300) for _ in range(4)]   # stands in for long shards
 time.sleep(300)
 """
