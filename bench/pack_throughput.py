@@ -61,11 +61,11 @@ def _clean_parts(tmp: Path) -> Path:
 
 def _raw(clean: Path, tokenizer: str, threads: int, allocator: str | None) -> tuple[int, float, float]:
     """`encode_batch_fast` timed in a fresh process (`--step raw`), on `allocator` if given."""
-    from lingraft.preload import preloaded
-    with preloaded(allocator):
-        env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
-        result = subprocess.run([sys.executable, __file__, "--step", "raw", "--clean", str(clean),
-                                 "--tokenizer", tokenizer], env=env, check=True, capture_output=True, text=True)
+    env = {**os.environ, "RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true"}
+    if allocator:
+        env["LD_PRELOAD"] = allocator
+    result = subprocess.run([sys.executable, __file__, "--step", "raw", "--clean", str(clean),
+                            "--tokenizer", tokenizer], env=env, check=True, capture_output=True, text=True)
     run = json.loads(result.stdout.strip().splitlines()[-1])
     return run["tokens"], run["seconds"], run["cpu_s"]
 
@@ -160,6 +160,7 @@ def main() -> None:
     from lingraft.data_prep.pack_encode import plan_workers
     from lingraft.data_prep.readers import iter_texts
     from lingraft.log import setup_logging
+    from lingraft.manifest import read_manifest
     from lingraft.preload import find_allocator
     from lingraft.vocabulary.loading import load_tokenizer
     setup_logging()
@@ -182,13 +183,16 @@ def main() -> None:
             runs["hf_recipe"].append(_timed(_hf_recipe, tok, texts, args.threads, tmp / f"hf{i}"))
             print(f"repeat {i}: " + ", ".join(f"{name} {r[-1][1]:.2f}s" for name, r in runs.items())
                   + f", load {os.getloadavg()[0]:.2f}", flush=True)
+        packed = read_manifest(tmp / "packed")["metrics"]
+        assert packed["allocator"] == (allocator if preloads else None), \
+            f"the packer ran on {packed['allocator']}, the reference assumed {allocator if preloads else None}"
         n_tokens = runs["encode_batch_fast"][0][0]
         assert all(run[0] == n_tokens for name, rs in runs.items() if name != "hf_recipe" for run in rs), \
             "token counts differ"
         summary = {name: _summary(rs) for name, rs in runs.items()}
         median = {name: summary[name]["median_s"] for name in runs}
         detail = {"chars": sum(map(len, texts)), "docs": len(texts), "tokens": n_tokens, "threads": args.threads,
-                  "workers": args.workers, "allocator": allocator if preloads else None, "repeats": args.repeats,
+                  "workers": packed["workers"], "allocator": packed["allocator"], "repeats": args.repeats,
                   **summary, "paired_ratios_vs_encode_batch_fast": [
                       round(f[1] / p[1], 3) for f, p in zip(runs["encode_batch_fast"], runs["pack"])],
                   "hf_recipe_block_tokens": runs["hf_recipe"][0][0], "cpu_count": os.cpu_count()}

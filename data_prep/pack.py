@@ -41,7 +41,7 @@ from lingraft.errors import LingraftError
 from lingraft.hashing import sha256_text
 from lingraft.log import get_logger, progress
 from lingraft.manifest import ManifestError, new_manifest, read_manifest
-from lingraft.preload import find_allocator
+from lingraft.preload import cores_per_local_rank, find_allocator
 
 log = get_logger(__name__)
 
@@ -289,6 +289,27 @@ class RankResult:
     fingerprint: str
     vocab_size: int
     workers: int
+    allocator: str | None
+
+
+def _encode_settings(cfg: PackConfig, tok: Any) -> EncodeSettings:
+    return EncodeSettings(seq_len=cfg.seq_len, sample_start=cfg.sample_start,
+                          bos_id=_special_id(tok, cfg.bos, cfg.bos_token, "bos"),
+                          eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"), dtype=token_dtype(len(tok)).name)
+
+
+def _start_pool(cfg: PackConfig, scratch: Path) -> WorkerPool:
+    """This rank's tokenizer workers: processes on a faster allocator when one is found, threads
+    of this process otherwise (or when one worker is asked for)."""
+    allocator = find_allocator(cfg.allocator)
+    cores = cores_per_local_rank()
+    workers = plan_workers(cfg.workers, allocator, cores)
+    if workers == 1 and allocator and cfg.allocator != "auto":
+        log.warning("allocator %s is not used: with workers=1 this process tokenizes in its own threads", allocator)
+    allocator = allocator if workers > 1 else None
+    log.info("tokenizing in %s, %s", f"{workers} worker processes" if workers > 1 else f"{cores} threads",
+             f"allocator {allocator}" if allocator else "the system allocator")
+    return WorkerPool(workers, max(1, cores // workers), scratch, allocator)
 
 
 def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
@@ -299,27 +320,20 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
     out = Path(cfg.out)
     parts = read_clean_parts(input_dir)
     mine = [k for k in range(len(parts)) if k % world.size == world.rank]
-    allocator = find_allocator(cfg.allocator)
-    workers = min(plan_workers(cfg.workers, allocator, len(os.sched_getaffinity(0))), max(1, len(mine)))
-    allocator = allocator if workers > 1 else None    # one worker: threads of this process
-    log.info("tokenizing in %s, %s", f"{workers} worker processes" if workers > 1 else "this process",
-             f"allocator {allocator}" if allocator else "the system allocator")
     # Workers start first: they start up while this process loads the tokenizer.
-    with WorkerPool(workers, out, allocator) as pool:
+    with _start_pool(cfg, out) as pool:
         part_sha = {p["file"]: p["sha256"] for p in read_manifest(input_dir)["outputs"]["parts"]}
         tok = load_tokenizer(cfg.tokenizer)
         backend = tok.backend_tokenizer
         backend.no_truncation()
         backend.no_padding()
-        settings = EncodeSettings(seq_len=cfg.seq_len, sample_start=cfg.sample_start,
-                                  bos_id=_special_id(tok, cfg.bos, cfg.bos_token, "bos"),
-                                  eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"),
-                                  dtype=token_dtype(len(tok)).name)
+        settings = _encode_settings(cfg, tok)
         tokenizer_json = backend.to_str()
         pool.load(backend, tokenizer_json)
         fingerprint = pool.fingerprint()    # for the manifest (a full parse of the JSON)
         tokenizer_sha = sha256_text(tokenizer_json)
-        tasks = [ShardTask(k, parts[k], out, _shard_key(settings, tokenizer_sha, part_sha[parts[k].name])) for k in mine]
+        tasks = [ShardTask(k, parts[k], out, _shard_key(settings, tokenizer_sha, part_sha[parts[k].name]))
+                 for k in mine]
         records = [rec for t in tasks if (rec := read_valid_done(out, shard_name(t.index), t.key))]
         if records:
             log.info("resuming: %d of %d shards already done", len(records), len(tasks))
@@ -331,7 +345,7 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
                      "tokenizers with a cl100k/Llama-3 or Qwen2 pre-tokenizer (data_prep/pack_seams.py)")
         records += pack_shards(todo, settings, pool, batch_chars=cfg.batch_chars, cut_chars=cut_chars)
         fingerprint = fingerprint.result()
-    return RankResult(records, settings, fingerprint, len(tok), workers)
+    return RankResult(records, settings, fingerprint, len(tok), pool.workers, pool.allocator)
 
 
 def run_pack(cfg: PackConfig) -> Path:
@@ -359,7 +373,8 @@ def run_pack(cfg: PackConfig) -> Path:
             source_mix=read_manifest(input_dir)["outputs"].get("source_mix"))
         manifest.metrics = {"seconds": round(seconds, 3), "shards_packed": len(fresh),
                             "shards_reused": len(records) - len(fresh), "ranks": world.size,
-                            "workers": mine.workers, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
+                            "workers": mine.workers,
+                            "allocator": mine.allocator, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
         manifest.write(out)
     world.barrier()
     return out

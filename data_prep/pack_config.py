@@ -7,7 +7,8 @@ from typing import Literal
 
 from lingraft.data_prep.clean_config import CleanConfig, MixConfig
 from lingraft.data_prep.readers import SourceConfig
-from lingraft.config import ModelRef, OutputPath, require
+from lingraft.config import RUNTIME_ONLY, ModelRef, OutputPath, require
+from lingraft.preload import allocator_setting_problem
 
 SampleStart = Literal["stream", "document", "paragraph"]
 
@@ -31,15 +32,17 @@ class PackConfig:
     eos: bool = field(default=True, metadata={"help": "append the EOS token to every document"})
     bos_token: str | None = field(default=None, metadata={"help": "BOS token text when the tokenizer names none"})
     eos_token: str | None = field(default=None, metadata={"help": "EOS token text when the tokenizer names none"})
-    workers: int | None = field(default=None, metadata={
-        "help": "tokenizer processes on this node (default: one per core, up to 8, when a faster allocator "
-                "is installed, else 1: threads of this process)"})
-    allocator: str = field(default="auto", metadata={
-        "help": "malloc preloaded into the worker processes: auto (mimalloc or jemalloc when installed), "
-                "system, or a path to a malloc library; never changes the output"})
-    # Neither of these changes a byte of the output; they balance the work between threads and workers.
-    batch_chars: int = field(default=500_000, metadata={"help": "characters of text per tokenizer call"})
-    split_chars: int = field(default=50_000, metadata={
+    # How the work is spread, never what it writes: left out of a pipeline stage's fingerprint,
+    # so tuning them reuses the packed output.
+    workers: int | None = field(default=None, metadata={RUNTIME_ONLY: True,
+        "help": "tokenizer processes of this rank (default: its share of the node's cores, up to 8, when a "
+                "faster allocator is installed, else 1: threads of this process)"})
+    allocator: str = field(default="auto", metadata={RUNTIME_ONLY: True,
+        "help": "malloc preloaded into the worker processes: auto (mimalloc, else jemalloc, when installed), "
+                "system, or a path to a malloc library"})
+    batch_chars: int = field(default=500_000, metadata={RUNTIME_ONLY: True,
+                                                        "help": "characters of text per tokenizer call"})
+    split_chars: int = field(default=50_000, metadata={RUNTIME_ONLY: True,
         "help": "tokenize longer documents in pieces of about this size, cut at paragraph starts "
                 "(byte-level BPE tokenizers whose tokens cannot cross such a cut; others: never cut)"})
 
@@ -48,5 +51,7 @@ class PackConfig:
         require(self.workers is None or self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         require(self.batch_chars >= 1, "batch_chars", f"must be >= 1, got {self.batch_chars}")
         require(self.split_chars >= 1, "split_chars", f"must be >= 1, got {self.split_chars}")
+        problem = allocator_setting_problem(self.allocator)
+        require(problem is None, "allocator", problem or "")
         require((self.input is None) != (not self.sources), "input",
                 "set either input (a `prep clean` folder) or sources (cleaned first), not both")

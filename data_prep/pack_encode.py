@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
+import uuid
 from array import array
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,10 +26,11 @@ import numpy as np
 from lingraft.atomic import TMP_PREFIX
 from lingraft.errors import LingraftError
 from lingraft.parent_watch import exit_with_parent
-from lingraft.preload import mapped_library, preloaded
+from lingraft.preload import preloaded, settle_preload
 
-# Worker processes by default: beyond this many, this process (reading, joining, writing and
-# hashing for all of them) becomes the bottleneck.
+# Worker processes by default. A guess, not a measurement (only 2 cores were measured): this
+# process reads, joins, writes and hashes for all of them, about 3 CPU-s per 12.6 M tokens
+# against 15 CPU-s of tokenizing, so somewhere past 5-8 workers it would become the bottleneck.
 MAX_AUTO_WORKERS = 8
 
 # The first non-blank character after a line break starts a paragraph: this covers both
@@ -80,9 +81,9 @@ def encode_texts(texts: list[str], typecode: str, paragraphs: bool, tokenizer: A
 
 
 def plan_workers(requested: int | None, allocator: str | None, cores: int) -> int:
-    """Tokenizer processes for this node: `requested`, or by default one per core (up to
-    `MAX_AUTO_WORKERS`) when they get a faster allocator, else 1 (threads of this process,
-    which cannot change its own allocator)."""
+    """Tokenizer processes for a rank with `cores` cores: `requested`, or by default one per
+    core (up to `MAX_AUTO_WORKERS`) when they get a faster allocator, else 1 (threads of this
+    process, which cannot change its own allocator)."""
     if requested is not None:
         return requested
     return max(1, min(cores, MAX_AUTO_WORKERS)) if allocator else 1
@@ -94,9 +95,7 @@ _WORKER_TOKENIZERS: dict[str, Any] = {}
 def _init_worker(threads: int, allocator: str | None) -> None:
     """Process-pool initializer: size the Rust thread pool before first use."""
     exit_with_parent()   # a killed `prep pack` must not leave workers packing and holding memory
-    if allocator and not mapped_library(allocator):
-        print(f"pack worker {os.getpid()}: allocator {allocator} was not preloaded; using the system malloc",
-              file=sys.stderr, flush=True)
+    settle_preload(allocator, "pack worker")
     os.environ["RAYON_NUM_THREADS"] = str(threads)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
     os.environ.setdefault("LINGRAFT_NO_PROGRESS", "1")
@@ -111,27 +110,31 @@ def _encode_in_worker(tokenizer_file: str, texts: list[str], typecode: str, para
     return encode_texts(texts, typecode, paragraphs, tokenizer)
 
 
-def _fingerprint(tokenizer_json: str | None, tokenizer_file: str | None = None) -> str:
+def _fingerprint_of_json(tokenizer_json: str) -> str:
     from lingraft.vocabulary.loading import tokenizer_fingerprint
-    text = tokenizer_json if tokenizer_json is not None else Path(tokenizer_file).read_text(encoding="utf-8")
-    return tokenizer_fingerprint(json.loads(text))
+    return tokenizer_fingerprint(json.loads(tokenizer_json))
+
+
+def _fingerprint_of_file(tokenizer_file: str) -> str:
+    return _fingerprint_of_json(Path(tokenizer_file).read_text(encoding="utf-8"))
 
 
 class WorkerPool:
-    """Tokenizer processes for one node (or, with one worker, threads of this process: a
+    """Tokenizer processes for one rank (or, with one worker, threads of this process: a
     tokenizer call spreads its batch over all cores and releases the GIL, so reading and
     writing go on beside it). Worker processes start with the pool, before the parent has
     loaded its tokenizer; `load` hands them the tokenizer (through a file: a large spawn or
     task payload would block this process), and they read it on their first batch."""
 
-    def __init__(self, workers: int, scratch: Path, allocator: str | None = None):
+    def __init__(self, workers: int, threads: int, scratch: Path, allocator: str | None = None):
         self.workers = workers
-        self._file = scratch / f"{TMP_PREFIX}tokenizer.{os.getpid()}.json"
+        self.allocator = allocator if workers > 1 else None
+        # Unique per pool: ranks on several nodes may share `scratch` (and a pid).
+        self._file = scratch / f"{TMP_PREFIX}tokenizer.{os.getpid()}.{uuid.uuid4().hex}.json"
         self._backend: Any = None
         self._json = ""
         self.executor: Executor
         if workers > 1:
-            threads = max(1, len(os.sched_getaffinity(0)) // workers)
             # spawn, not fork: a forked child of a process that already used the Rust thread pool can hang.
             self.executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                                 initializer=_init_worker, initargs=(threads, allocator))
@@ -147,15 +150,16 @@ class WorkerPool:
         self._backend = backend
         self._json = tokenizer_json
         if isinstance(self.executor, ProcessPoolExecutor):
-            self._file.write_text(tokenizer_json, encoding="utf-8")   # complete before any batch names it
+            # Written whole before any batch names it; a scratch file (TMP_PREFIX), so no rename is needed.
+            self._file.write_text(tokenizer_json, encoding="utf-8")
 
     def fingerprint(self) -> Future:
         """The loaded tokenizer's `tokenizer_fingerprint`, computed beside tokenizing. In a worker
         process when there are some: the canonical JSON dump holds the GIL for most of a second
         for a large vocabulary, which here would hold up the reading that feeds the workers."""
         if isinstance(self.executor, ProcessPoolExecutor):
-            return self.executor.submit(_fingerprint, None, str(self._file))
-        return self.executor.submit(_fingerprint, self._json)
+            return self.executor.submit(_fingerprint_of_file, str(self._file))
+        return self.executor.submit(_fingerprint_of_json, self._json)
 
     def __enter__(self) -> "WorkerPool":
         return self

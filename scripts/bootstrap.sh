@@ -9,20 +9,19 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 need_apt=()
 command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin libopenmpi-dev)
 command -v numactl >/dev/null 2>&1 || need_apt+=(numactl)
-ldconfig_bin=$(command -v ldconfig || echo /sbin/ldconfig)
-have_mimalloc=$("$ldconfig_bin" -p 2>/dev/null | grep -c libmimalloc || true)
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-if [ ${#need_apt[@]} -gt 0 ] || [ "$have_mimalloc" = 0 ]; then
-  $sudo apt-get update -qq
-fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] apt-get install ${need_apt[*]}"
+  $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
-if [ "$have_mimalloc" = 0 ]; then
+# Optional: without it `prep pack` uses the system malloc; never fail the install over it.
+ldconfig_bin=$(command -v ldconfig || echo /sbin/ldconfig)
+if [ "$("$ldconfig_bin" -p 2>/dev/null | grep -c libmimalloc || true)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[bootstrap] apt-get install libmimalloc2.0 (optional: faster packing)"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libmimalloc2.0 \
-    || echo "[bootstrap] libmimalloc2.0 not installed; \`prep pack\` will use the system malloc"
+  { $sudo apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libmimalloc2.0; } \
+    || echo "[bootstrap] libmimalloc2.0 not installed; prep pack will use the system malloc"
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
