@@ -23,7 +23,9 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 python3-venv python3-dev build-essential git ca-certificates \
-      openmpi-bin libopenmpi-dev numactl pdsh openssh-client openssh-server libaio-dev libmimalloc2.0 \
+      openmpi-bin libopenmpi-dev numactl pdsh openssh-client openssh-server libaio-dev \
+ && { apt-get install -y --no-install-recommends libmimalloc2.0 \
+      || echo "libmimalloc2.0 not in this base image's archive: prep pack will use the system malloc"; } \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "${VIRTUAL_ENV}"
 
