@@ -306,10 +306,10 @@ def _start_pool(cfg: PackConfig, scratch: Path) -> WorkerPool:
     workers = plan_workers(cfg.workers, allocator, cores)
     if workers == 1 and allocator and cfg.allocator != "auto":
         log.warning("allocator %s is not used: with workers=1 this process tokenizes in its own threads", allocator)
-    allocator = allocator if workers > 1 else None
-    log.info("tokenizing in %s, %s", f"{workers} worker processes" if workers > 1 else f"{cores} threads",
-             f"allocator {allocator}" if allocator else "the system allocator")
-    return WorkerPool(workers, max(1, cores // workers), scratch, allocator)
+    pool = WorkerPool(workers, max(1, cores // workers), scratch, allocator)   # drops the allocator for 1 worker
+    log.info("tokenizing in %s, %s", f"{workers} worker processes" if workers > 1 else "threads of this process",
+             f"allocator {pool.allocator}" if pool.allocator else "the system allocator")
+    return pool
 
 
 def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:

@@ -13,13 +13,14 @@ sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[bootstrap] apt-get install ${need_apt[*]}"
   $sudo apt-get update -qq
+  apt_updated=1
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 # Optional: without it `prep pack` uses the system malloc; never fail the install over it.
 ldconfig_bin=$(command -v ldconfig || echo /sbin/ldconfig)
 if [ "$("$ldconfig_bin" -p 2>/dev/null | grep -c libmimalloc || true)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[bootstrap] apt-get install libmimalloc2.0 (optional: faster packing)"
-  { $sudo apt-get update -qq \
+  { { [ -n "${apt_updated:-}" ] || $sudo apt-get update -qq; } \
     && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libmimalloc2.0; } \
     || echo "[bootstrap] libmimalloc2.0 not installed; prep pack will use the system malloc"
 fi
