@@ -52,6 +52,8 @@ log = get_logger(__name__)
 
 # Windows read from the corpus per window kept: enough for an even sample of a mixed corpus.
 SCAN_FACTOR = 50
+# Held-out windows per window fitted on: they choose the head fit's epoch (and judge its incumbent).
+HELD_OUT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -105,27 +107,47 @@ def repeated_half(window: str) -> str:
 
 
 @dataclass(frozen=True)
+class WindowDraw:
+    fit: list[str]        # what the fits read
+    held_out: list[str]   # further windows no fit reads: they judge the head fit's epochs and incumbent
+
+
+@dataclass(frozen=True)
 class WindowSample:
     """Which corpus windows the original (or the adapted) model reads."""
     corpus: list[str]   # files, folders or hub dataset ids (iter_texts reads each)
     field: str
-    count: int          # windows kept
+    count: int          # windows kept for the fits
     chars: int          # characters per window
     copy_share: float   # share of windows whose first half is repeated (`repeated_half`)
     seed: int
+    held_out_share: float = HELD_OUT_SHARE   # held-out windows, as a share of `count`
 
-    def windows(self) -> list[str]:
+    def draw(self) -> WindowDraw:
         """A seeded uniform sample of the first SCAN_FACTOR × count windows (a cluster-sized corpus
-        is read only that far, never whole), the first `copy_share` of them repeated."""
+        is read only that far, never whole): `count` windows to fit on, then held-out ones, the
+        first `copy_share` of each repeated. The fit windows do not depend on the held-out share.
+
+        The held-out windows are whole windows: positions held out of windows the fit reads share
+        their words, so they favour rows fitted on those windows (session probes: BENCHMARKS.md).
+        A corpus too small for both gives the held-out windows from the end of the fit sample."""
         windows = list(islice((w for path in self.corpus for w in text_windows(iter_texts(path, self.field),
                                                                                self.chars)),
                               SCAN_FACTOR * self.count))
         random.Random(self.seed).shuffle(windows)
-        windows = windows[:self.count]
-        if not windows:
-            raise LingraftError(f"corpus: {', '.join(self.corpus)} holds no text")
-        copies = round(self.copy_share * len(windows))
-        return [repeated_half(w) for w in windows[:copies]] + windows[copies:]
+        if len(windows) < 2:
+            raise LingraftError(f"corpus: {', '.join(self.corpus)} holds {len(windows)} window(s) of "
+                                f"{self.chars} characters; the head fit needs at least 2 (one is held out)")
+        held = min(max(1, round(self.held_out_share * self.count)), len(windows) - 1)
+        fit = min(self.count, len(windows) - held)
+        if fit < self.count:
+            log.warning("corpus: %d windows of %d characters, fewer than the %d to fit on plus %d held out: "
+                        "fitting on %d", len(windows), self.chars, self.count, held, fit)
+
+        def with_copies(part: list[str]) -> list[str]:
+            copies = round(self.copy_share * len(part))
+            return [repeated_half(w) for w in part[:copies]] + part[copies:]
+        return WindowDraw(fit=with_copies(windows[:fit]), held_out=with_copies(windows[fit:fit + held]))
 
 
 @dataclass(frozen=True)
@@ -250,17 +272,28 @@ def first_pieces(split: RowSplit, old_tok: "PreTrainedTokenizerFast", vocabs: tu
     return torch.tensor(first, dtype=torch.int64)
 
 
+def token_sequences(tok: "PreTrainedTokenizerFast", windows: list[str]) -> list[torch.Tensor]:
+    """Each window in `tok`'s tokenisation, start token first (read like a document start, as bpc scores it)."""
+    begin = start_token_id(tok)
+    return [torch.tensor([begin, *ids], dtype=torch.int64)
+            for ids in tok(windows, add_special_tokens=False)["input_ids"]]
+
+
 def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: DistillRuntime,
                   table: torch.Tensor, head: torch.Tensor, old_head: torch.Tensor, first: torch.Tensor,
                   mean_rows: torch.Tensor, split: RowSplit, sequences: list[torch.Tensor],
-                  incumbent: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+                  held_out: list[torch.Tensor], incumbent: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
     """New head rows for `split`'s learnt tokens (n, d), fitted on the body's states over
-    `sequences` read through `table`. `head` supplies the frozen rows; `old_head` is the
-    original head, which `first` (each token's first old piece) indexes; `mean_rows` are the
-    tokens' mean-of-pieces rows. `incumbent` rows stay unless an epoch beats them."""
+    `sequences` read through `table` and judged on its states over `held_out`. `head` supplies
+    the frozen rows; `old_head` is the original head, which `first` (each token's first old
+    piece) indexes; `mean_rows` are the tokens' mean-of-pieces rows. `incumbent` rows stay
+    unless an epoch beats them."""
     start = time.perf_counter()
     hidden, targets = collect_states(model, runtime, table, sequences, settings.state_batch_size)
     data: FitData = prepare_fit(hidden, targets, head, split)
+    held_data: FitData = prepare_fit(*collect_states(model, runtime, table, held_out, settings.state_batch_size),
+                                     head, split)
     # a token with no old segmentation (an added token) starts from its mean row instead
     first_rows = torch.where((first >= 0).unsqueeze(1), old_head[first.clamp(min=0)], mean_rows)
     features = HeadFeatures(first=first_rows, mean=mean_rows, unit=unit_direction(hidden), input=table[split.ids])
@@ -271,15 +304,18 @@ def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: 
             curve.append((round(loss, 4), round(held, 4)))
             bar.update(1)
             bar.set_postfix(held_out_ce=f"{held:.3f}")
-        fit = fit_output_rows(data, features, settings.epochs, settings.lr, settings.batch_size, settings.seed,
-                              on_epoch=on_epoch, incumbent=incumbent)
+        fit = fit_output_rows(data, held_data, features, settings.epochs, settings.lr, settings.batch_size,
+                              settings.seed, on_epoch=on_epoch, incumbent=incumbent)
     seconds = time.perf_counter() - start
-    log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions, held-out %.4f at the "
-             "start; %d of %d learnt rows occur as targets (%.1f s)", curve, data.hidden.shape[0],
-             fit.held_out_start, seen, split.ids.numel(), seconds)
+    held_positions = int(held_data.hidden.shape[0])
+    log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions (%d held out, in %d "
+             "windows), held-out %.4f at the start; %d of %d learnt rows occur as targets (%.1f s)", curve,
+             data.hidden.shape[0], held_positions, len(held_out), fit.held_out_start, seen, split.ids.numel(),
+             seconds)
     return fit.rows, {"cross_entropy_by_epoch": curve, "held_out_start": round(fit.held_out_start, 4),
                       "held_out_best": round(fit.held_out_best, 4), "best_epoch": fit.best_epoch,
-                      "positions": int(data.hidden.shape[0]), "rows_seen_as_target": int(seen),
+                      "positions": int(data.hidden.shape[0]), "held_out_positions": held_positions,
+                      "held_out_windows": len(held_out), "rows_seen_as_target": int(seen),
                       "rows_never_seen": int(split.ids.numel() - seen), "seconds": round(seconds, 1)}
 
 
@@ -290,7 +326,8 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
     rows = len(new_tok)
     split = trainable_rows(provenance)
     vocabs = (describe_vocabulary(old_tok), describe_vocabulary(new_tok))   # described once, used twice
-    passages = build_passages(window_sample(cfg).windows(), old_tok, new_tok, vocabs,
+    draw = window_sample(cfg).draw()
+    passages = build_passages(draw.fit, old_tok, new_tok, vocabs,
                               (start_token_id(old_tok), start_token_id(new_tok)))
     aligned = sum(p.new_pos.numel() for p in passages)
     log.info("distillation corpus: %d passages, %d new tokens, %d aligned positions, %d learnt rows",
@@ -310,7 +347,8 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
         table, stats["input"] = distill_input_rows(cfg, model, runtime, table, old_head, split, passages)
     first = first_pieces(split, old_tok, vocabs).to(runtime.device)
     rows, stats["output"] = fit_head_rows(head_fit_settings(cfg), model, runtime, table, head, old_head, first,
-                                          head[split.ids], split, [p.new_ids for p in passages])
+                                          head[split.ids], split, [p.new_ids for p in passages],
+                                          token_sequences(new_tok, draw.held_out))
     head = head.clone()
     head[split.ids] = rows.to(head.dtype)
     del model

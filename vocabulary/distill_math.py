@@ -124,6 +124,16 @@ def fit_loss(data: FitData, rows: torch.Tensor, index: torch.Tensor) -> torch.Te
     return (lse - target).mean()
 
 
+@torch.no_grad()
+def mean_fit_loss(data: FitData, rows: torch.Tensor, chunk: int = 4096) -> float:
+    """`fit_loss` over every position of `data`, a chunk of positions at a time (the logits of
+    all of them at once would be positions × learnt rows)."""
+    total = 0.0
+    for index in torch.arange(data.hidden.shape[0], device=data.hidden.device).split(chunk):
+        total += float(fit_loss(data, rows, index)) * index.numel()
+    return total / max(data.hidden.shape[0], 1)
+
+
 @dataclass(frozen=True)
 class HeadFeatures:
     """What is known about each learnt token before fitting, as rows in B's head space."""
@@ -179,30 +189,27 @@ class HeadFit:
     best_epoch: int           # 0: no epoch beat the starting rows, which are returned
 
 
-def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: float, batch_size: int, seed: int,
-                    weight_decay: float = 1e-3, holdout: float = 0.1,
+def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, epochs: int, lr: float,
+                    batch_size: int, seed: int, weight_decay: float = 1e-3,
                     on_epoch: Callable[[int, float, float], None] | None = None,
                     incumbent: torch.Tensor | None = None) -> HeadFit:
     """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy.
 
-    A `holdout` share of the positions is never trained on; the rows of the epoch with the
-    lowest held-out cross-entropy are returned, so extra epochs cannot overfit. `incumbent`
-    (rows already in use, e.g. a trained model's) competes too: an epoch must beat it.
+    The rows of the epoch with the lowest cross-entropy on `held_out` (states of text the fit
+    never reads) are returned, so extra epochs cannot overfit. `incumbent` (rows already in
+    use, e.g. a trained model's) competes too: an epoch must beat it.
     """
     generator = torch.Generator().manual_seed(seed)
-    # the permutation is drawn on the CPU (the same on every device), then indexes on the data's device
-    perm = torch.randperm(data.hidden.shape[0], generator=generator).to(data.hidden.device)
-    held = perm[:max(1, int(holdout * perm.numel()))]
-    train = perm[held.numel():]
     head = HeadMap(features)
     optim = torch.optim.Adam(head.parameters(), lr=lr)
     with torch.no_grad():
         best_rows = head.rows() if incumbent is None else incumbent
-        best = start = float(fit_loss(data, best_rows, held))
+        best = start = mean_fit_loss(held_out, best_rows)
     best_epoch = 0
     for epoch in range(epochs):
         total, batches = 0.0, 0
-        for index in train[torch.randperm(train.numel(), generator=generator).to(train.device)].split(batch_size):
+        # the permutation is drawn on the CPU (the same on every device), then indexes on the data's device
+        for index in torch.randperm(data.hidden.shape[0], generator=generator).to(data.hidden.device).split(batch_size):
             loss = fit_loss(data, head.rows(), index)
             optim.zero_grad(set_to_none=True)
             (loss + weight_decay * head.penalty()).backward()
@@ -210,7 +217,7 @@ def fit_output_rows(data: FitData, features: HeadFeatures, epochs: int, lr: floa
             total, batches = total + loss.item(), batches + 1
         with torch.no_grad():
             rows = head.rows()
-            held_loss = float(fit_loss(data, rows, held))
+            held_loss = mean_fit_loss(held_out, rows)
         if held_loss < best:
             best_rows, best, best_epoch = rows, held_loss, epoch + 1
         if on_epoch is not None:

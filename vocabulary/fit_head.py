@@ -4,7 +4,8 @@ The head rows of `init --method distill` were fitted on the states the *initial*
 produce. Training the input rows changes those states, so the head is refitted with the same
 shared map (distill_math.HeadMap, from the same first-piece and mean features of the original
 model's head) on the trained model's states over the training mix. The model's own rows compete
-with every epoch on held-out positions and stay unless beaten. Only the learnt rows of the
+with every epoch on held-out windows (text neither init nor this fit reads, when both draw with
+the same settings) and stay unless beaten. Only the learnt rows of the
 head change; every other tensor is copied byte for byte, and the top-level side files
 (config, tokenizer, chat template, token map) come over unchanged; subfolders (an exported
 adapter) do not. The output replaces `out` only when complete.
@@ -19,7 +20,6 @@ import torch
 
 from lingraft.atomic import atomic_dir
 from lingraft.errors import LingraftError
-from lingraft.evaluation.bpc import start_token_id
 from lingraft.hf_folder import (
     CHECKSUM_KEY,
     copy_model_files,
@@ -39,6 +39,7 @@ from lingraft.vocabulary.distill_init import (
     first_pieces,
     fit_head_rows,
     load_frozen,
+    token_sequences,
     trainable_rows,
 )
 from lingraft.vocabulary.embedding_init import mapped_table
@@ -81,11 +82,9 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     mean = mapped_table(token_map, base_head).float()[split.ids]
     old_head = base_head.float()
 
-    windows = WindowSample([str(p) for p in cfg.corpus], cfg.corpus_field, cfg.passages, cfg.passage_chars,
-                           cfg.copy_share, cfg.seed).windows()
-    begin = start_token_id(tok)
-    sequences = [torch.tensor([begin, *ids], dtype=torch.int64)
-                 for ids in tok(windows, add_special_tokens=False)["input_ids"]]
+    # the same draw as init's with the same settings: the held-out windows are ones init never read
+    draw = WindowSample([str(p) for p in cfg.corpus], cfg.corpus_field, cfg.passages, cfg.passage_chars,
+                        cfg.copy_share, cfg.seed).draw()
 
     runtime = DistillRuntime.resolve(cfg.device, cfg.precision)
     torch.manual_seed(cfg.seed)
@@ -95,13 +94,14 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     stored_head = model.get_output_embeddings().weight.detach()
     split = split.to(runtime.device)
     settings = HeadFitSettings(cfg.epochs, cfg.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed)
-    # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out positions
+    # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out windows
     fitted, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
-                                  first.to(runtime.device), mean.to(runtime.device), split, sequences,
+                                  first.to(runtime.device), mean.to(runtime.device), split,
+                                  token_sequences(tok, draw.fit), token_sequences(tok, draw.held_out),
                                   incumbent=stored_head[split.ids])
     refitted = stats["best_epoch"] > 0
     if not refitted:
-        log.warning("no epoch beat the model's own head rows on held-out positions (cross-entropy %.4f): "
+        log.warning("no epoch beat the model's own head rows on held-out windows (cross-entropy %.4f): "
                     "they are kept", stats["held_out_start"])
     new_head = stored_head.clone()
     new_head[split.ids] = fitted
@@ -115,7 +115,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
                                      int(cfg.max_shard_gb * 1e9))
         copied = copy_model_files(folder, tmp, keep=[TOKEN_MAP_NAME])
         metrics = {**stats, "held_out_cross_entropy": stats["held_out_best"], "refitted": refitted,
-                   "learnt_rows": int(split.ids.numel()), "windows": len(windows),
+                   "learnt_rows": int(split.ids.numel()), "windows": len(draw.fit),
                    "device": str(runtime.device), "precision": runtime.dtype_name,
                    "total_seconds": round(time.perf_counter() - start, 1)}
         manifest.outputs = {"model": str(out), "head_tensor": names.output, "side_files": copied,
@@ -126,6 +126,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
                else f"kept: no epoch of {cfg.epochs} beat them")
     print(f"lingraft fit-head: {split.ids.numel()} learnt head rows {outcome}; held-out cross-entropy "
           f"{stats['held_out_start']:.4f} (the model's rows) -> {stats['held_out_best']:.4f} over "
-          f"{stats['positions']} positions; {stats['rows_never_seen']} rows never a target "
+          f"{stats['held_out_positions']} held-out positions ({stats['positions']} fitted on); "
+          f"{stats['rows_never_seen']} rows never a target "
           f"({metrics['total_seconds']:.0f} s)")
     return metrics

@@ -22,7 +22,9 @@ class FitHeadConfig:
     corpus: list[DatasetRef] = field(metadata={"help": "text the model reads (files or folders: the training mix)"})
     out: OutputPath = field(metadata={"help": "output folder: the model with its learnt head rows refitted"})
     corpus_field: str = field(default="text", metadata={"help": "JSON field of corpus holding the text"})
-    passages: int = field(default=384, metadata={"help": "corpus windows read (a seeded sample of the first 50 x passages)"})
+    passages: int = field(default=384, metadata={
+        "help": "corpus windows read (a seeded sample of the first 50 x passages), and a tenth as many further "
+                "windows that judge the fit (init's, with init's settings: text neither fit reads)"})
     passage_chars: int = field(default=400, metadata={"help": "characters per window"})
     copy_share: float = field(default=0.5, metadata={
         "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})

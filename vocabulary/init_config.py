@@ -101,7 +101,8 @@ class InitConfig:
         "help": "distill: text the original model reads (files or folders any reader accepts: the training mix)"})
     corpus_field: str = field(default="text", metadata={"help": "distill: JSON field of corpus holding the text"})
     distill_passages: int = field(default=384, metadata={
-        "help": "distill: corpus windows read (a seeded sample of the first 50 x passages)"})
+        "help": "distill: corpus windows read (a seeded sample of the first 50 x passages), and a tenth "
+                "as many further windows that judge the head fit"})
     distill_passage_chars: int = field(default=400, metadata={"help": "distill: characters per window"})
     distill_copy_share: float = field(default=0.5, metadata={
         "help": "distill: share of windows whose first half is repeated after a blank line, so that "

@@ -63,14 +63,15 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
     split = RowSplit.from_mask(torch.arange(8) >= 5)
     head = true_head.clone()
     head[split.ids] = 0.0                                   # the new rows start uninformed
-    data = prepare_fit(hidden, targets, head, split)
+    data = prepare_fit(hidden[:540], targets[:540], head, split)
+    held_out = prepare_fit(hidden[540:], targets[540:], head, split)
     # the first piece's row is a noisy copy of the truth; the map has to find the rest
     features = HeadFeatures(first=true_head[split.ids] + 0.5 * torch.randn(3, 5), mean=torch.zeros(3, 5),
                             unit=unit_direction(hidden))
     curve = []
-    fit = fit_output_rows(data, features, epochs=20, lr=0.05, batch_size=100, seed=0,
+    fit = fit_output_rows(data, held_out, features, epochs=20, lr=0.05, batch_size=100, seed=0,
                           on_epoch=lambda e, loss, held: curve.append(held))
-    everything = torch.arange(600)
+    everything = torch.arange(540)
     before = float(fit_loss(data, features.first, everything))
     after = float(fit_loss(data, fit.rows, everything))
     oracle = float(fit_loss(data, true_head[split.ids], everything))
@@ -78,7 +79,7 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
     assert fit.held_out_best < fit.held_out_start and fit.held_out_best == min(curve)
     assert curve[fit.best_epoch - 1] == fit.held_out_best
     # rows already better than any epoch (the truth itself) are kept: an epoch must beat them
-    kept = fit_output_rows(data, features, epochs=2, lr=0.05, batch_size=100, seed=0,
+    kept = fit_output_rows(data, held_out, features, epochs=2, lr=0.05, batch_size=100, seed=0,
                            incumbent=true_head[split.ids])
     assert kept.best_epoch == 0 and torch.equal(kept.rows, true_head[split.ids])
     assert kept.held_out_best == kept.held_out_start
@@ -110,3 +111,36 @@ def test_distill_runtime_is_fp32_on_cpu_unless_told_and_refuses_a_missing_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(LingraftError, match="no CUDA device"):
             DistillRuntime.resolve("cuda", "auto")
+
+
+def test_held_out_loss_in_chunks_is_the_mean_over_every_position():
+    from lingraft.vocabulary.distill_math import mean_fit_loss
+    torch.manual_seed(1)
+    head, hidden, targets = torch.randn(6, 4), torch.randn(37, 4), torch.randint(0, 6, (37,))
+    split = RowSplit.from_mask(torch.arange(6) >= 3)
+    data = prepare_fit(hidden, targets, head, split)
+    whole = float(fit_loss(data, head[split.ids], torch.arange(37)))
+    assert abs(mean_fit_loss(data, head[split.ids], chunk=5) - whole) < 1e-5
+
+
+def test_window_draw_holds_out_whole_windows_no_fit_reads(tmp_path):
+    import json
+
+    from lingraft.vocabulary.distill_init import WindowSample
+    corpus = tmp_path / "corpus.jsonl"      # one window per document, each starting with its number
+    corpus.write_text("".join(json.dumps({"text": f"{i:03d} окно и ещё слова"}) + "\n" for i in range(60)),
+                      encoding="utf-8")
+    sample = WindowSample([str(corpus)], "text", count=20, chars=400, copy_share=0.5, seed=3)
+    draw = sample.draw()
+    assert len(draw.fit) == 20 and len(draw.held_out) == 2
+    assert not {w[:3] for w in draw.fit} & {w[:3] for w in draw.held_out}
+    assert sum("\n\n" in w for w in draw.held_out) == 1             # the copy share applies to each part
+    # the fit windows are the same whatever is held out; a small corpus gives up fit windows, not held-out ones
+    assert WindowSample([str(corpus)], "text", 20, 400, 0.5, 3, held_out_share=0.5).draw().fit == draw.fit
+    small = WindowSample([str(corpus)], "text", count=60, chars=400, copy_share=0.0, seed=3).draw()
+    assert (len(small.fit), len(small.held_out)) == (54, 6)
+    assert not {w[:3] for w in small.fit} & {w[:3] for w in small.held_out}
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "одно окно"}) + "\n", encoding="utf-8")
+    with pytest.raises(LingraftError, match="at least 2"):
+        WindowSample([str(one)], "text", 8, 400, 0.5, 0).draw()
