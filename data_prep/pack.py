@@ -199,6 +199,7 @@ class World:
     rank: int = 0
     size: int = 1
     comm: Any = None
+    local_size: int = 1    # ranks of this job on this node (they share its cores)
 
     @classmethod
     def detect(cls) -> "World":
@@ -207,7 +208,11 @@ class World:
             return cls()
         from mpi4py import MPI  # imported only under mpirun: initialising MPI elsewhere is slow or fails
         comm = MPI.COMM_WORLD
-        return cls(rank=comm.Get_rank(), size=comm.Get_size(), comm=comm)
+        # from MPI itself (the ranks that share memory with this one), whatever the launcher
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+        local_size = node.Get_size()
+        node.Free()
+        return cls(rank=comm.Get_rank(), size=comm.Get_size(), comm=comm, local_size=local_size)
 
     def barrier(self) -> None:
         if self.comm is not None:
@@ -298,11 +303,11 @@ def _encode_settings(cfg: PackConfig, tok: Any) -> EncodeSettings:
                           eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"), dtype=token_dtype(len(tok)).name)
 
 
-def _start_pool(cfg: PackConfig, scratch: Path) -> WorkerPool:
+def _start_pool(cfg: PackConfig, scratch: Path, local_ranks: int) -> WorkerPool:
     """This rank's tokenizer workers: processes on a faster allocator when one is found, threads
     of this process otherwise (or when one worker is asked for)."""
     allocator = find_allocator(cfg.allocator)
-    cores = cores_per_local_rank()
+    cores = cores_per_local_rank(local_ranks)
     workers = plan_workers(cfg.workers, allocator, cores)
     if workers == 1 and allocator and cfg.allocator != "auto":
         log.warning("allocator %s is not used: with workers=1 this process tokenizes in its own threads", allocator)
@@ -321,7 +326,7 @@ def _pack_rank(cfg: PackConfig, world: World, input_dir: Path) -> RankResult:
     parts = read_clean_parts(input_dir)
     mine = [k for k in range(len(parts)) if k % world.size == world.rank]
     # Workers start first: they start up while this process loads the tokenizer.
-    with _start_pool(cfg, out) as pool:
+    with _start_pool(cfg, out, world.local_size) as pool:
         part_sha = {p["file"]: p["sha256"] for p in read_manifest(input_dir)["outputs"]["parts"]}
         tok = load_tokenizer(cfg.tokenizer)
         backend = tok.backend_tokenizer
@@ -373,7 +378,7 @@ def run_pack(cfg: PackConfig) -> Path:
             source_mix=read_manifest(input_dir)["outputs"].get("source_mix"))
         manifest.metrics = {"seconds": round(seconds, 3), "shards_packed": len(fresh),
                             "shards_reused": len(records) - len(fresh), "ranks": world.size,
-                            "workers": mine.workers,
+                            "ranks_per_node": world.local_size, "workers": mine.workers,
                             "allocator": mine.allocator, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
         manifest.write(out)
     world.barrier()

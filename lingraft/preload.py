@@ -65,15 +65,13 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def cores_per_local_rank() -> int:
-    """This rank's share of its cores when several ranks of one job share a node unbound (each
-    would otherwise size its worker pool for the whole node)."""
-    local_ranks = 1
-    for name in _LOCAL_RANKS_ENV:
-        value = os.environ.get(name, "")
-        if value.isdigit() and int(value) > 0:
-            local_ranks = int(value)
-            break
+def cores_per_local_rank(local_ranks: int | None = None) -> int:
+    """This rank's share of its cores when `local_ranks` ranks of one job share a node unbound
+    (each would otherwise size its worker pool for the whole node). None: as the launcher's
+    environment says, for a process that has no MPI communicator to ask."""
+    if local_ranks is None:
+        told = [os.environ.get(name, "") for name in _LOCAL_RANKS_ENV]
+        local_ranks = next((int(v) for v in told if v.isdigit() and int(v) > 0), 1)
     cores = usable_cores()
     # A rank bound to its own cores (mpirun --bind-to) already sees only them.
     return max(1, cores // local_ranks) if cores >= (os.cpu_count() or cores) else cores

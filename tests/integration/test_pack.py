@@ -167,7 +167,7 @@ def test_mpi_ranks_give_identical_bytes(shared, clean_dir, reference, tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = read_manifest(out)
-    assert manifest["metrics"]["ranks"] == 2
+    assert manifest["metrics"]["ranks"] == manifest["metrics"]["ranks_per_node"] == 2   # MPI says both share this node
     assert _shard_bytes(out) == _shard_bytes(reference)
     assert _comparable(manifest) == _comparable(read_manifest(reference))
     # Hence the same samples in the same order: a shard's bytes depend on its part alone, never on the ranks.

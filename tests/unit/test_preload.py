@@ -73,6 +73,7 @@ def test_plan_workers_and_the_cores_of_a_rank(monkeypatch):
     assert cores_per_local_rank() == 16
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "4")   # four unbound ranks share the node
     assert cores_per_local_rank() == 4
+    assert cores_per_local_rank(local_ranks=8) == 2          # what MPI itself says wins
     monkeypatch.setattr(preload, "usable_cores", lambda: 2)  # a rank bound to 2 cores keeps them
     assert cores_per_local_rank() == 2
 
