@@ -29,7 +29,7 @@ class FitHeadConfig:
     copy_share: float = field(default=0.5, metadata={
         "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})
     epochs: int = field(default=12, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
-    lr: float = field(default=1.0e-3, metadata={"help": "head-map learning rate"})
+    lr: float = field(default=2.0e-3, metadata={"help": "head-map learning rate at the start (decayed to zero)"})
     batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
     state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={

@@ -113,7 +113,8 @@ class InitConfig:
     distill_lr: float = field(default=2.0e-3, metadata={"help": "distill: input-row learning rate"})
     head_fit_epochs: int = field(default=6, metadata={
         "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
-    head_fit_lr: float = field(default=1.0e-3, metadata={"help": "distill: head-map learning rate"})
+    head_fit_lr: float = field(default=2.0e-3, metadata={
+        "help": "distill: head-map learning rate at the start (decayed to zero over the fit)"})
     # 2,048 rather than 512: each step recomputes every learnt row through the d×d maps, so larger
     # steps are ~1.4× faster, and the held-out curve is smoother (BENCHMARKS.md).
     head_fit_batch_size: int = field(default=2048, metadata={"help": "distill: positions per head-fit step"})
