@@ -199,7 +199,7 @@ class World:
     rank: int = 0
     size: int = 1
     comm: Any = None
-    local_size: int = 1    # ranks of this job on this node (they share its cores)
+    local_size: int | None = None    # ranks of this job on this node, from MPI (None: not under MPI)
 
     @classmethod
     def detect(cls) -> "World":
@@ -303,7 +303,7 @@ def _encode_settings(cfg: PackConfig, tok: Any) -> EncodeSettings:
                           eos_id=_special_id(tok, cfg.eos, cfg.eos_token, "eos"), dtype=token_dtype(len(tok)).name)
 
 
-def _start_pool(cfg: PackConfig, scratch: Path, local_ranks: int) -> WorkerPool:
+def _start_pool(cfg: PackConfig, scratch: Path, local_ranks: int | None) -> WorkerPool:
     """This rank's tokenizer workers: processes on a faster allocator when one is found, threads
     of this process otherwise (or when one worker is asked for)."""
     allocator = find_allocator(cfg.allocator)
@@ -378,7 +378,7 @@ def run_pack(cfg: PackConfig) -> Path:
             source_mix=read_manifest(input_dir)["outputs"].get("source_mix"))
         manifest.metrics = {"seconds": round(seconds, 3), "shards_packed": len(fresh),
                             "shards_reused": len(records) - len(fresh), "ranks": world.size,
-                            "ranks_per_node": world.local_size, "workers": mine.workers,
+                            "ranks_per_node": world.local_size or 1, "workers": mine.workers,
                             "allocator": mine.allocator, "tokens_per_s": round(packed_tokens / max(seconds, 1e-9))}
         manifest.write(out)
     world.barrier()

@@ -126,11 +126,12 @@ class WindowSample:
     def draw(self) -> WindowDraw:
         """A seeded uniform sample of the first SCAN_FACTOR × count windows (a cluster-sized corpus
         is read only that far, never whole): `count` windows to fit on, then held-out ones, the
-        first `copy_share` of each repeated. The fit windows do not depend on the held-out share.
+        first `copy_share` of each repeated. While the corpus has `count` + held windows, the fit
+        windows do not depend on the held-out share.
 
         The held-out windows are whole windows: positions held out of windows the fit reads share
-        their words, so they favour rows fitted on those windows (session probes: BENCHMARKS.md).
-        A corpus too small for both gives the held-out windows from the end of the fit sample."""
+        their words, so they favour rows fitted on those windows (BENCHMARKS.md, "The head fit's
+        guard and schedule"). A smaller corpus keeps the held-out windows and fits on fewer."""
         windows = list(islice((w for path in self.corpus for w in text_windows(iter_texts(path, self.field),
                                                                                self.chars)),
                               SCAN_FACTOR * self.count))

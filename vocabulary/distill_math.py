@@ -200,6 +200,8 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     never reads) are returned, so extra epochs cannot overfit. `incumbent` (rows already in
     use, e.g. a trained model's) competes too: an epoch must beat it.
     """
+    if not held_out.hidden.shape[0]:
+        raise ValueError("fit_output_rows: no held-out positions to choose the epoch on")
     generator = torch.Generator().manual_seed(seed)
     head = HeadMap(features)
     optim = torch.optim.Adam(head.parameters(), lr=lr)

@@ -4,8 +4,10 @@ The head rows of `init --method distill` were fitted on the states the *initial*
 produce. Training the input rows changes those states, so the head is refitted with the same
 shared map (distill_math.HeadMap, from the same first-piece and mean features of the original
 model's head) on the trained model's states over the training mix. The model's own rows compete
-with every epoch on held-out windows (text neither init nor this fit reads, when both draw with
-the same settings) and stay unless beaten. Only the learnt rows of the
+with every epoch on held-out windows and stay unless beaten. Those windows are text neither init
+nor this fit reads when both draw with the same corpus, passages, characters, copy share and
+seed (the demo's do); with other settings they may overlap init's windows, which favours the
+incumbent, as does training that updated the head rows on text the windows come from. Only the learnt rows of the
 head change; every other tensor is copied byte for byte, and the top-level side files
 (config, tokenizer, chat template, token map) come over unchanged; subfolders (an exported
 adapter) do not. The output replaces `out` only when complete.

@@ -8,6 +8,7 @@ import torch
 from lingraft.errors import LingraftError
 from lingraft.vocabulary.distill_init import DistillRuntime
 from lingraft.vocabulary.distill_math import (
+    FitData,
     HeadFeatures,
     RowSplit,
     fit_loss,
@@ -83,6 +84,10 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
                            incumbent=true_head[split.ids])
     assert kept.best_epoch == 0 and torch.equal(kept.rows, true_head[split.ids])
     assert kept.held_out_best == kept.held_out_start
+    nothing_held = FitData(hidden=hidden[:0], target_local=targets[:0], frozen_lse=hidden[:0, 0],
+                           frozen_target=hidden[:0, 0])
+    with pytest.raises(ValueError, match="no held-out positions"):
+        fit_output_rows(data, nothing_held, features, epochs=1, lr=0.05, batch_size=100, seed=0)
 
 
 def test_unit_direction_turns_a_scalar_into_a_logit_offset():
