@@ -18,6 +18,7 @@ Everything here is pure tensor code on callables; files and tokenizers live in d
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -207,8 +208,8 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     optim = torch.optim.Adam(head.parameters(), lr=lr)
     # Decayed to zero over the fit: at a constant rate the shared maps kept jumping between epochs
     # (held-out 5.19-5.75 nats) and the guard picked the luckiest epoch; decayed, the last epoch
-    # is the best and better than any constant-rate one (BENCHMARKS.md, "The head fit's guard").
-    steps = epochs * -(-data.hidden.shape[0] // batch_size)
+    # is the best and better than any constant-rate one (BENCHMARKS.md, "The head fit's guard and schedule").
+    steps = epochs * math.ceil(data.hidden.shape[0] / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(steps, 1))
     with torch.no_grad():
         best_rows = head.rows() if incumbent is None else incumbent

@@ -7,10 +7,11 @@ model's head) on the trained model's states over the training mix. The model's o
 with every epoch on held-out windows and stay unless beaten. Those windows are text neither init
 nor this fit reads when both draw with the same corpus, passages, characters, copy share and
 seed (the demo's do); with other settings they may overlap init's windows, which favours the
-incumbent, as does training that updated the head rows on text the windows come from. Only the learnt rows of the
-head change; every other tensor is copied byte for byte, and the top-level side files
-(config, tokenizer, chat template, token map) come over unchanged; subfolders (an exported
-adapter) do not. The output replaces `out` only when complete.
+incumbent, as does training that updated the head rows on text the windows come from.
+
+Only the learnt rows of the head change; every other tensor is copied byte for byte, and the
+top-level side files (config, tokenizer, chat template, token map) come over unchanged;
+subfolders (an exported adapter) do not. The output replaces `out` only when complete.
 """
 from __future__ import annotations
 
