@@ -306,7 +306,7 @@ def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: 
             bar.update(1)
             bar.set_postfix(held_out_ce=f"{held:.3f}")
         fit = fit_output_rows(data, held_data, features, settings.epochs, settings.lr, settings.batch_size,
-                              settings.seed, on_epoch=on_epoch, incumbent=incumbent)
+                              settings.seed, on_epoch=on_epoch, incumbent=incumbent, autocast=runtime.autocast)
     seconds = time.perf_counter() - start
     held_positions = int(held_data.hidden.shape[0])
     log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions (%d held out, in %d "

@@ -18,9 +18,10 @@ Everything here is pure tensor code on callables; files and tokenizers live in d
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,8 @@ def prepare_fit(hidden: torch.Tensor, targets: torch.Tensor, head: torch.Tensor,
 def fit_loss(data: FitData, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over positions `index`, the frozen rows held constant."""
     h, local = data.hidden[index], data.target_local[index]
-    logits = h @ rows.T
+    # under autocast the product comes out bf16; the log-sum-exp over ~10k rows is taken in fp32
+    logits = (h @ rows.T).float()
     lse = torch.logaddexp(data.frozen_lse[index], torch.logsumexp(logits, dim=-1))
     learnt = logits.gather(1, local.clamp(min=0).unsqueeze(1)).squeeze(1)
     target = torch.where(local >= 0, learnt, data.frozen_target[index])
@@ -193,13 +195,17 @@ class HeadFit:
 def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, epochs: int, lr: float,
                     batch_size: int, seed: int, weight_decay: float = 1e-3,
                     on_epoch: Callable[[int, float, float], None] | None = None,
-                    incumbent: torch.Tensor | None = None) -> HeadFit:
+                    incumbent: torch.Tensor | None = None,
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> HeadFit:
     """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy,
     its learning rate decayed from `lr` to zero on a cosine.
 
     The rows of the epoch with the lowest cross-entropy on `held_out` (states of text the fit
     never reads) are returned, so extra epochs cannot overfit. `incumbent` (rows already in
     use, e.g. a trained model's) competes too: an epoch must beat it.
+
+    The training steps run under `autocast` (bf16 matmuls: 1.9x faster on a 2-core CPU, held-out
+    cross-entropy within 0.1%, BENCHMARKS.md); the held-out judgement always runs in fp32.
     """
     if not held_out.hidden.shape[0]:
         raise ValueError("fit_output_rows: no held-out positions to choose the epoch on")
@@ -219,9 +225,11 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
         total, batches = 0.0, 0
         # the permutation is drawn on the CPU (the same on every device), then indexes on the data's device
         for index in torch.randperm(data.hidden.shape[0], generator=generator).to(data.hidden.device).split(batch_size):
-            loss = fit_loss(data, head.rows(), index)
+            with autocast():
+                loss = fit_loss(data, head.rows(), index)
+                objective = loss + weight_decay * head.penalty()
             optim.zero_grad(set_to_none=True)
-            (loss + weight_decay * head.penalty()).backward()
+            objective.backward()
             optim.step()
             schedule.step()
             total, batches = total + loss.item(), batches + 1

@@ -28,14 +28,15 @@ class FitHeadConfig:
     passage_chars: int = field(default=400, metadata={"help": "characters per window"})
     copy_share: float = field(default=0.5, metadata={
         "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})
-    epochs: int = field(default=12, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
+    epochs: int = field(default=16, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
     lr: float = field(default=2.0e-3, metadata={"help": "head-map learning rate at the start (decayed to zero)"})
     batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
     state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
         "help": "where the model runs (auto: the first GPU when one is visible)"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
-        "help": "compute dtype of the forward passes (auto: bf16 on GPU, fp32 on CPU); the fit runs in fp32"})
+        "help": "compute dtype of the forward passes and the fit's steps (auto: bf16 on GPU, fp32 on CPU); "
+                "the rows, and the held-out loss that picks the epoch, stay fp32"})
     seed: int = 0
     max_shard_gb: float = field(default=5.0, metadata={"help": "largest output shard in GB"})
     trust_remote_code: bool = False

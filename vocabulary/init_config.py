@@ -111,7 +111,7 @@ class InitConfig:
         "help": "distill: Adam steps on the new input rows (0: keep the mean rows as inputs)"})
     distill_batch_size: int = field(default=8, metadata={"help": "distill: windows per step"})
     distill_lr: float = field(default=2.0e-3, metadata={"help": "distill: input-row learning rate"})
-    head_fit_epochs: int = field(default=6, metadata={
+    head_fit_epochs: int = field(default=16, metadata={
         "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
     head_fit_lr: float = field(default=2.0e-3, metadata={
         "help": "distill: head-map learning rate at the start (decayed to zero over the fit)"})
@@ -121,8 +121,8 @@ class InitConfig:
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
         "help": "distill: where the original model runs (auto: the first GPU when one is visible)"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
-        "help": "distill: compute dtype of the model's passes (auto: bf16 on GPU, fp32 on CPU); the learnt "
-                "rows and the head fit stay fp32"})
+        "help": "distill: compute dtype of the model's passes and the head fit's steps (auto: bf16 on GPU, "
+                "fp32 on CPU); the learnt rows, and the held-out loss that picks the head fit's epoch, stay fp32"})
     eval_text: DatasetRef | None = field(default=None, metadata={
         "help": "held-out text file: report bits per character of the original and the new model"})
     eval_text_field: str = field(default="text", metadata={"help": "JSON field of eval_text holding the text"})

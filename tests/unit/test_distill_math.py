@@ -14,6 +14,7 @@ from lingraft.vocabulary.distill_math import (
     fit_loss,
     fit_output_rows,
     lookup,
+    mean_fit_loss,
     prepare_fit,
     unit_direction,
 )
@@ -84,6 +85,11 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
                            incumbent=true_head[split.ids])
     assert kept.best_epoch == 0 and torch.equal(kept.rows, true_head[split.ids])
     assert kept.held_out_best == kept.held_out_start
+    # bf16 training steps land near the fp32 fit, and the held-out judgement stays fp32
+    bf16 = fit_output_rows(data, held_out, features, epochs=20, lr=0.05, batch_size=100, seed=0,
+                           autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert bf16.held_out_best == pytest.approx(fit.held_out_best, rel=0.02)
+    assert bf16.held_out_best == mean_fit_loss(held_out, bf16.rows) and bf16.rows.dtype == torch.float32
     nothing_held = FitData(hidden=hidden[:0], target_local=targets[:0], frozen_lse=hidden[:0, 0],
                            frozen_target=hidden[:0, 0])
     with pytest.raises(ValueError, match="no held-out positions"):
