@@ -34,6 +34,7 @@ from lingraft.vocabulary.distill_math import (
     HeadFeatures,
     Passage,
     RowSplit,
+    TeacherStates,
     distillation_loss,
     fit_output_rows,
     pad_batch,
@@ -217,19 +218,21 @@ def _body(model: "PreTrainedModel", runtime: DistillRuntime):
 def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: DistillRuntime, table: torch.Tensor,
                        head: torch.Tensor, split: RowSplit, passages: list[Passage],
                        ) -> tuple[torch.Tensor, dict[str, Any]]:
-    teacher_table = model.get_input_embeddings().weight.detach()
     body = _body(model, runtime)
+    teacher = TeacherStates(body, model.get_input_embeddings().weight.detach(), passages,
+                            int(cfg.distill_teacher_cache_gb * 2**30))
+    start = time.perf_counter()
     rows = torch.nn.Parameter(table[split.ids].clone())
     optim = torch.optim.Adam([rows], lr=cfg.distill_lr)
     order = random.Random(cfg.seed + 1)
     first = last = math.nan
     positions = 0
-    start = time.perf_counter()
     with progress(total=cfg.distill_steps, desc="distil input rows", unit="step") as bar:
         for step in range(cfg.distill_steps):
-            batch = order.sample(passages, min(cfg.distill_batch_size, len(passages)))
+            chosen = order.sample(range(len(passages)), min(cfg.distill_batch_size, len(passages)))
             with runtime.autocast():
-                loss, count = distillation_loss(body, teacher_table, head, table, rows, split, batch)
+                loss, count = distillation_loss(body, head, table, rows, split, [passages[i] for i in chosen],
+                                                teacher(chosen))
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
@@ -238,12 +241,15 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: Dis
             bar.update(1)
             bar.set_postfix(kl=f"{last:.3f}")
     seconds = time.perf_counter() - start
-    log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s, %s on %s)", first, last,
-             cfg.distill_steps, positions / max(seconds, 1e-9), runtime.dtype_name, runtime.device)
+    log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s, %s on %s; the teacher "
+             "read %d passages for %d passage reads, %.0f MB of its states kept)", first, last, cfg.distill_steps,
+             positions / max(seconds, 1e-9), runtime.dtype_name, runtime.device, teacher.passes,
+             cfg.distill_steps * min(cfg.distill_batch_size, len(passages)), teacher.kept_bytes / 2**20)
     out = table.clone()
     out[split.ids] = rows.detach().to(table.dtype)
     return out, {"kl_first": round(first, 4), "kl_last": round(last, 4), "steps": cfg.distill_steps,
-                 "aligned_positions": positions, "seconds": round(seconds, 1)}
+                 "aligned_positions": positions, "teacher_passes": teacher.passes,
+                 "teacher_states_kept_mb": round(teacher.kept_bytes / 2**20, 1), "seconds": round(seconds, 1)}
 
 
 @torch.no_grad()

@@ -79,14 +79,43 @@ def lookup(table: torch.Tensor, rows: torch.Tensor, split: RowSplit, ids: torch.
     return torch.where((local >= 0).unsqueeze(-1), learnt, fixed)
 
 
-def distillation_loss(body: Body, teacher_table: torch.Tensor, head: torch.Tensor, table: torch.Tensor,
-                      rows: torch.Tensor, split: RowSplit, batch: Sequence[Passage]) -> tuple[torch.Tensor, int]:
-    """``KL(p_B || p_new)`` over B's vocabulary at the aligned positions of `batch`, and their count."""
-    device = table.device
+class TeacherStates:
+    """B's final states at each passage's aligned positions, (n_i, d) each, kept after first use.
+
+    B and its tokenisation are fixed, so a passage read again needs no second teacher pass: that
+    pass, over the old tokenisation (about twice the new one's tokens), was half of each step's
+    compute. Past `max_bytes` of kept states, further passages are recomputed at every read.
+    """
+
+    def __init__(self, body: Body, teacher_table: torch.Tensor, passages: Sequence[Passage], max_bytes: int) -> None:
+        self.body, self.teacher_table, self.passages, self.max_bytes = body, teacher_table, passages, max_bytes
+        self.kept: dict[int, torch.Tensor] = {}
+        self.kept_bytes = 0
+        self.passes = 0    # passages the teacher has read
+
+    @torch.no_grad()
+    def __call__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        missing = [i for i in indices if i not in self.kept]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            ids = pad_batch([self.passages[i].old_ids for i in missing], device=self.teacher_table.device)
+            out = self.body(F.embedding(ids, self.teacher_table))
+            fresh = {i: out[b, self.passages[i].old_pos] for b, i in enumerate(missing)}
+            self.passes += len(missing)
+        for i, state in fresh.items():
+            size = state.numel() * state.element_size()
+            if self.kept_bytes + size <= self.max_bytes:
+                self.kept[i], self.kept_bytes = state, self.kept_bytes + size
+        return [self.kept[i] if i in self.kept else fresh[i] for i in indices]
+
+
+def distillation_loss(body: Body, head: torch.Tensor, table: torch.Tensor, rows: torch.Tensor, split: RowSplit,
+                      batch: Sequence[Passage], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``KL(p_B || p_new)`` over B's vocabulary at the aligned positions of `batch`, and their count;
+    `teacher` holds B's states at each passage's aligned positions (`TeacherStates`)."""
     with torch.no_grad():
-        teacher = body(F.embedding(pad_batch([p.old_ids for p in batch], device=device), teacher_table))
-        target = F.log_softmax(gather_positions(teacher, [p.old_pos for p in batch]) @ head.T, dim=-1)
-    student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch], device=device)))
+        target = F.log_softmax(torch.cat(list(teacher)) @ head.T, dim=-1)
+    student = body(lookup(table, rows, split, pad_batch([p.new_ids for p in batch], device=table.device)))
     logits = gather_positions(student, [p.new_pos for p in batch]) @ head.T
     # Under bf16 autocast both logit matrices come out bf16 (the head projection is a fifth of the
     # FLOPs); the softmaxes and the KL, which sum 49k terms, run in fp32 all the same.

@@ -110,6 +110,9 @@ class InitConfig:
     distill_steps: int = field(default=48, metadata={
         "help": "distill: Adam steps on the new input rows (0: keep the mean rows as inputs)"})
     distill_batch_size: int = field(default=8, metadata={"help": "distill: windows per step"})
+    distill_teacher_cache_gb: float = field(default=2.0, metadata={
+        "help": "distill: memory for the original model's states at the aligned positions, kept so that a "
+                "window read again needs no second teacher pass (beyond it, passes are repeated)"})
     distill_lr: float = field(default=2.0e-3, metadata={"help": "distill: input-row learning rate"})
     head_fit_epochs: int = field(default=16, metadata={
         "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
@@ -153,6 +156,8 @@ class InitConfig:
         for name in ("distill_passages", "distill_passage_chars", "distill_batch_size", "head_fit_batch_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.distill_steps >= 0, "distill_steps", f"must be >= 0, got {self.distill_steps}")
+        require(self.distill_teacher_cache_gb >= 0, "distill_teacher_cache_gb",
+                f"must be >= 0, got {self.distill_teacher_cache_gb}")
         require(0 <= self.distill_copy_share <= 1, "distill_copy_share",
                 f"must be in [0, 1], got {self.distill_copy_share}")
         require(self.head_fit_epochs >= 1, "head_fit_epochs", f"must be >= 1, got {self.head_fit_epochs}")

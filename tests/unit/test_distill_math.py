@@ -10,7 +10,9 @@ from lingraft.vocabulary.distill_init import DistillRuntime
 from lingraft.vocabulary.distill_math import (
     FitData,
     HeadFeatures,
+    Passage,
     RowSplit,
+    TeacherStates,
     fit_loss,
     fit_output_rows,
     lookup,
@@ -155,3 +157,29 @@ def test_window_draw_holds_out_whole_windows_no_fit_reads(tmp_path):
     one.write_text(json.dumps({"text": "одно окно"}) + "\n", encoding="utf-8")
     with pytest.raises(LingraftError, match="at least 2"):
         WindowSample([str(one)], "text", 8, 400, 0.5, 0).draw()
+
+
+def test_teacher_states_are_computed_once_per_passage_and_kept_within_their_budget():
+    torch.manual_seed(0)
+    table = torch.randn(10, 4)
+    calls = []
+
+    def body(embeds: torch.Tensor) -> torch.Tensor:     # a causal stand-in: running sums of the inputs
+        calls.append(embeds.shape[0])
+        return embeds.cumsum(dim=1)
+
+    passages = [Passage(torch.tensor(ids), torch.tensor(ids[:2]), torch.tensor(pos), torch.tensor([0, 1]))
+                for ids, pos in (([1, 2, 3], [0, 2]), ([4, 5], [1]), ([6, 7, 8, 9], [1, 3]))]
+    expected = [table[p.old_ids].cumsum(0)[p.old_pos] for p in passages]
+    kept = TeacherStates(body, table, passages, max_bytes=1 << 20)
+    first = kept([2, 0])
+    again = kept([0, 1, 2])
+    assert calls == [2, 1] and kept.passes == 3 and len(kept.kept) == 3
+    for got, i in zip(first + again, [2, 0, 0, 1, 2]):
+        torch.testing.assert_close(got, expected[i])
+    # no budget: nothing is kept and every read is a teacher pass, with the same states
+    unkept = TeacherStates(body, table, passages, max_bytes=0)
+    for _ in range(2):
+        for got, want in zip(unkept([0, 1, 2]), expected):
+            torch.testing.assert_close(got, want)
+    assert unkept.passes == 6 and not unkept.kept and unkept.kept_bytes == 0
