@@ -227,9 +227,10 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: Dis
     order = random.Random(cfg.seed + 1)
     first = last = math.nan
     positions = 0
+    per_step = min(cfg.distill_batch_size, len(passages))
     with progress(total=cfg.distill_steps, desc="distil input rows", unit="step") as bar:
         for step in range(cfg.distill_steps):
-            chosen = order.sample(range(len(passages)), min(cfg.distill_batch_size, len(passages)))
+            chosen = order.sample(range(len(passages)), per_step)
             with runtime.autocast():
                 loss, count = distillation_loss(body, head, table, rows, split, [passages[i] for i in chosen],
                                                 teacher(chosen))
@@ -243,8 +244,8 @@ def distill_input_rows(cfg: "InitConfig", model: "PreTrainedModel", runtime: Dis
     seconds = time.perf_counter() - start
     log.info("input rows: KL %.3f -> %.3f nats over %d steps (%.1f aligned positions/s, %s on %s; the teacher "
              "read %d passages for %d passage reads, %.0f MB of its states kept)", first, last, cfg.distill_steps,
-             positions / max(seconds, 1e-9), runtime.dtype_name, runtime.device, teacher.passes,
-             cfg.distill_steps * min(cfg.distill_batch_size, len(passages)), teacher.kept_bytes / 2**20)
+             positions / max(seconds, 1e-9), runtime.dtype_name, runtime.device, teacher.passes, teacher.reads,
+             teacher.kept_bytes / 2**20)
     out = table.clone()
     out[split.ids] = rows.detach().to(table.dtype)
     return out, {"kl_first": round(first, 4), "kl_last": round(last, 4), "steps": cfg.distill_steps,

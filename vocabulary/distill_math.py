@@ -92,9 +92,11 @@ class TeacherStates:
         self.kept: dict[int, torch.Tensor] = {}
         self.kept_bytes = 0
         self.passes = 0    # passages the teacher has read
+        self.reads = 0     # passages asked for
 
     @torch.no_grad()
     def __call__(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        self.reads += len(indices)
         missing = [i for i in indices if i not in self.kept]
         fresh: dict[int, torch.Tensor] = {}
         if missing:
