@@ -22,7 +22,7 @@ from lingraft.log import get_logger
 log = get_logger(__name__)
 
 _COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-           "chat_template.jinja", "vocab.json", "merges.txt", "token_map.safetensors")
+           "chat_template.jinja", "vocab.json", "merges.txt", "token_map.safetensors", "head_map.safetensors")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from lingraft.log import get_logger, progress
 from lingraft.vocabulary.distill_math import (
     FitData,
     HeadFeatures,
+    HeadFit,
     Passage,
     RowSplit,
     TeacherStates,
@@ -82,6 +83,8 @@ class DistilledTables:
     input: torch.Tensor               # (rows, d) the new input table
     output: torch.Tensor              # (rows, d) the new head
     stats: dict[str, Any]
+    head_map: dict[str, torch.Tensor] | None   # the fitted map that made the learnt head rows
+    learnt_ids: torch.Tensor          # the ids of the learnt rows, in the map's order
 
 
 def text_windows(texts: Iterator[str], chars: int) -> Iterator[str]:
@@ -291,12 +294,12 @@ def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: 
                   table: torch.Tensor, head: torch.Tensor, old_head: torch.Tensor, first: torch.Tensor,
                   mean_rows: torch.Tensor, split: RowSplit, sequences: list[torch.Tensor],
                   held_out: list[torch.Tensor], incumbent: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+                  start_map: dict[str, torch.Tensor] | None = None) -> tuple[HeadFit, dict[str, Any]]:
     """New head rows for `split`'s learnt tokens (n, d), fitted on the body's states over
     `sequences` read through `table` and judged on its states over `held_out`. `head` supplies
     the frozen rows; `old_head` is the original head, which `first` (each token's first old
     piece) indexes; `mean_rows` are the tokens' mean-of-pieces rows. `incumbent` rows stay
-    unless an epoch beats them."""
+    unless an epoch beats them; `start_map` is a fitted map to start from (a warm start)."""
     start = time.perf_counter()
     hidden, targets = collect_states(model, runtime, table, sequences, settings.state_batch_size)
     data: FitData = prepare_fit(hidden, targets, head, split)
@@ -313,14 +316,15 @@ def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: 
             bar.update(1)
             bar.set_postfix(held_out_ce=f"{held:.3f}")
         fit = fit_output_rows(data, held_data, features, settings.epochs, settings.lr, settings.batch_size,
-                              settings.seed, on_epoch=on_epoch, incumbent=incumbent, autocast=runtime.autocast)
+                              settings.seed, on_epoch=on_epoch, incumbent=incumbent, autocast=runtime.autocast,
+                              start_map=start_map)
     seconds = time.perf_counter() - start
     held_positions = int(held_data.hidden.shape[0])
     log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions (%d held out, in %d "
              "windows), held-out %.4f at the start; %d of %d learnt rows occur as targets (%.1f s)", curve,
              data.hidden.shape[0], held_positions, len(held_out), fit.held_out_start, seen, split.ids.numel(),
              seconds)
-    return fit.rows, {"cross_entropy_by_epoch": curve, "held_out_start": round(fit.held_out_start, 4),
+    return fit, {"cross_entropy_by_epoch": curve, "held_out_start": round(fit.held_out_start, 4),
                       "held_out_best": round(fit.held_out_best, 4), "best_epoch": fit.best_epoch,
                       "positions": int(data.hidden.shape[0]), "held_out_positions": held_positions,
                       "held_out_windows": len(held_out), "rows_seen_as_target": int(seen),
@@ -354,14 +358,14 @@ def distill_tables(cfg: "InitConfig", source: Path, input_table: torch.Tensor, h
     if cfg.distill_steps:
         table, stats["input"] = distill_input_rows(cfg, model, runtime, table, old_head, split, passages)
     first = first_pieces(split, old_tok, vocabs).to(runtime.device)
-    rows, stats["output"] = fit_head_rows(head_fit_settings(cfg), model, runtime, table, head, old_head, first,
-                                          head[split.ids], split, [p.new_ids for p in passages],
-                                          token_sequences(new_tok, draw.held_out))
+    fit, stats["output"] = fit_head_rows(head_fit_settings(cfg), model, runtime, table, head, old_head, first,
+                                         head[split.ids], split, [p.new_ids for p in passages],
+                                         token_sequences(new_tok, draw.held_out))
     head = head.clone()
-    head[split.ids] = rows.to(head.dtype)
+    head[split.ids] = fit.rows.to(head.dtype)
     del model
     return DistilledTables(input=_restore(input_table, table.cpu()), output=_restore(head_table, head.cpu()),
-                           stats=stats)
+                           stats=stats, head_map=fit.state, learnt_ids=split.ids.cpu())
 
 
 def _restore(padded: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

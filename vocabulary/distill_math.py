@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -218,18 +218,21 @@ class HeadMap(torch.nn.Module):
 @dataclass(frozen=True)
 class HeadFit:
     rows: torch.Tensor        # (n, d) the rows with the lowest held-out cross-entropy
-    held_out_start: float     # held-out cross-entropy of the starting rows (the incumbent, else the untrained map)
+    held_out_start: float     # held-out cross-entropy of the starting rows (the incumbent, else the starting map)
     held_out_best: float      # ... of `rows`
     best_epoch: int           # 0: no epoch beat the starting rows, which are returned
+    state: dict[str, torch.Tensor] | None   # the map's parameters that give `rows`; None when `rows` is the incumbent
 
 
 def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, epochs: int, lr: float,
                     batch_size: int, seed: int, weight_decay: float = 1e-3,
                     on_epoch: Callable[[int, float, float], None] | None = None,
                     incumbent: torch.Tensor | None = None,
-                    autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> HeadFit:
+                    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                    start_map: Mapping[str, torch.Tensor] | None = None) -> HeadFit:
     """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy,
-    its learning rate decayed from `lr` to zero on a cosine.
+    its learning rate decayed from `lr` to zero on a cosine. The map starts at the first-piece
+    rows, or at `start_map` (a fitted map's parameters, `HeadFit.state`: a warm start).
 
     The rows of the epoch with the lowest cross-entropy on `held_out` (states of text the fit
     never reads) are returned, so extra epochs cannot overfit. `incumbent` (rows already in
@@ -242,6 +245,8 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
         raise ValueError("fit_output_rows: no held-out positions to choose the epoch on")
     generator = torch.Generator().manual_seed(seed)
     head = HeadMap(features)
+    if start_map is not None:
+        head.load_state_dict({k: v.to(features.first.device, torch.float32) for k, v in start_map.items()})
     optim = torch.optim.Adam(head.parameters(), lr=lr)
     # Decayed to zero over the fit: at a constant rate the shared maps kept jumping between epochs
     # (held-out 5.19-5.75 nats) and the guard picked the luckiest epoch; decayed, the last epoch
@@ -250,7 +255,8 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(steps, 1))
     with torch.no_grad():
         best_rows = head.rows() if incumbent is None else incumbent
-        best = start = mean_fit_loss(held_out, best_rows)
+        best = first = mean_fit_loss(held_out, best_rows)
+    best_state = None if incumbent is not None else map_state(head)
     best_epoch = 0
     for epoch in range(epochs):
         total, batches = 0.0, 0
@@ -268,7 +274,12 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
             rows = head.rows()
             held_loss = mean_fit_loss(held_out, rows)
         if held_loss < best:
-            best_rows, best, best_epoch = rows, held_loss, epoch + 1
+            best_rows, best, best_epoch, best_state = rows, held_loss, epoch + 1, map_state(head)
         if on_epoch is not None:
             on_epoch(epoch, total / max(batches, 1), held_loss)
-    return HeadFit(best_rows, start, best, best_epoch)
+    return HeadFit(best_rows, first, best, best_epoch, best_state)
+
+
+def map_state(head: HeadMap) -> dict[str, torch.Tensor]:
+    """A detached copy of the map's parameters (what `fit_output_rows(start_map=...)` takes)."""
+    return {name: value.detach().clone() for name, value in head.state_dict().items()}

@@ -3,7 +3,11 @@
 The head rows of `init --method distill` were fitted on the states the *initial* input rows
 produce. Training the input rows changes those states, so the head is refitted with the same
 shared map (distill_math.HeadMap, from the same first-piece and mean features of the original
-model's head) on the trained model's states over the training mix. The model's own rows compete
+model's head) on the trained model's states over the training mix. The map starts where the model's
+own fit ended (its head_map.safetensors, written by init and carried by export) when there is one:
+training moves the states a little, so a warm start needs fewer epochs than a fit from the
+first-piece rows (training that also updated the head rows leaves a map that no longer gives them
+exactly; it is still where they started). The model's own rows compete
 with every epoch on held-out windows and stay unless beaten. Those windows are text neither init
 nor this fit reads when both draw with the same corpus, passages, characters, copy share and
 seed (the demo's do); with other settings they may overlap init's windows, which favours the
@@ -47,11 +51,23 @@ from lingraft.vocabulary.distill_init import (
 )
 from lingraft.vocabulary.embedding_init import mapped_table
 from lingraft.vocabulary.fit_head_config import FitHeadConfig
+from lingraft.vocabulary.head_map_file import HEAD_MAP_NAME, load_head_map, save_head_map
 from lingraft.vocabulary.loading import load_tokenizer
 from lingraft.vocabulary.token_map import PROVENANCES, TOKEN_MAP_NAME, TokenMap
 from lingraft.vocabulary.token_matching import describe_vocabulary
 
 log = get_logger(__name__)
+
+
+def saved_head_map(folder: Path, learnt_ids: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The map stored with the model (init's or an earlier refit's), else None: the fit starts
+    from the first-piece rows, as init's does."""
+    path = folder / HEAD_MAP_NAME
+    if not path.is_file():
+        log.info("%s has no %s: the head map starts from the first-piece rows", folder, HEAD_MAP_NAME)
+        return None
+    log.info("the head map starts from %s (a warm start)", path)
+    return load_head_map(path, learnt_ids)
 
 
 def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
@@ -97,17 +113,18 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     stored_head = model.get_output_embeddings().weight.detach()
     split = split.to(runtime.device)
     settings = HeadFitSettings(cfg.epochs, cfg.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed)
+    start_map = saved_head_map(folder, split.ids) if cfg.warm_start else None
     # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out windows
-    fitted, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
-                                  first.to(runtime.device), mean.to(runtime.device), split,
-                                  token_sequences(tok, draw.fit), token_sequences(tok, draw.held_out),
-                                  incumbent=stored_head[split.ids])
-    refitted = stats["best_epoch"] > 0
+    fit, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
+                               first.to(runtime.device), mean.to(runtime.device), split,
+                               token_sequences(tok, draw.fit), token_sequences(tok, draw.held_out),
+                               incumbent=stored_head[split.ids], start_map=start_map)
+    refitted = fit.state is not None
     if not refitted:
         log.warning("no epoch beat the model's own head rows on held-out windows (cross-entropy %.4f): "
                     "they are kept", stats["held_out_start"])
     new_head = stored_head.clone()
-    new_head[split.ids] = fitted
+    new_head[split.ids] = fit.rows
     del model
 
     info = ckpt.tensors[names.output]
@@ -116,8 +133,12 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     with atomic_dir(out) as tmp:
         checksums = write_checkpoint(ckpt, tmp, {names.output: new_head.cpu().to(storage_dtype(info))},
                                      int(cfg.max_shard_gb * 1e9))
-        copied = copy_model_files(folder, tmp, keep=[TOKEN_MAP_NAME])
+        # kept rows keep the map that made them (when the model has one); refitted rows get their own
+        copied = copy_model_files(folder, tmp, keep=[TOKEN_MAP_NAME] + ([] if refitted else [HEAD_MAP_NAME]))
+        if refitted:
+            save_head_map(fit.state, split.ids, tmp / HEAD_MAP_NAME)
         metrics = {**stats, "held_out_cross_entropy": stats["held_out_best"], "refitted": refitted,
+                   "started_from": HEAD_MAP_NAME if start_map is not None else "first-piece rows",
                    "learnt_rows": int(split.ids.numel()), "windows": len(draw.fit),
                    "device": str(runtime.device), "precision": runtime.dtype_name,
                    "total_seconds": round(time.perf_counter() - start, 1)}
@@ -127,7 +148,8 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
         manifest.write(tmp)
     outcome = (f"refitted (best epoch {stats['best_epoch']} of {cfg.epochs})" if refitted
                else f"kept: no epoch of {cfg.epochs} beat them")
-    print(f"lingraft fit-head: {split.ids.numel()} learnt head rows {outcome}; held-out cross-entropy "
+    print(f"lingraft fit-head: {split.ids.numel()} learnt head rows {outcome}, the map started from "
+          f"{metrics['started_from']}; held-out cross-entropy "
           f"{stats['held_out_start']:.4f} (the model's rows) -> {stats['held_out_best']:.4f} over "
           f"{stats['held_out_positions']} held-out positions ({stats['positions']} fitted on); "
           f"{stats['rows_never_seen']} rows never a target "

@@ -30,6 +30,9 @@ class FitHeadConfig:
         "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})
     epochs: int = field(default=16, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
     lr: float = field(default=2.0e-3, metadata={"help": "head-map learning rate at the start (decayed to zero)"})
+    warm_start: bool = field(default=True, metadata={
+        "help": "start the map from the one stored with the model (head_map.safetensors, written by init --method "
+                "distill and by fit-head) when there is one; off, or without one: from the first-piece rows"})
     batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
     state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={

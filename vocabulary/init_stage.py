@@ -39,6 +39,7 @@ from lingraft.vocabulary.embedding_init import (
     real_rows,
     table_rows,
 )
+from lingraft.vocabulary.head_map_file import HEAD_MAP_NAME, save_head_map
 from lingraft.vocabulary.init_config import InitConfig
 from lingraft.vocabulary.loading import load_tokenizer
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
@@ -62,6 +63,7 @@ class NewTables:
     provenance: dict[str, int]
     method_stats: dict[str, Any]
     untie_head: bool = False            # a tied checkpoint whose head now differs from its input table
+    head_map: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None   # distill: the fitted map, its token ids
 
 
 def check_old_tokenizer(old_tok: "PreTrainedTokenizerFast", rows: int, ckpt: Checkpoint, spec: str) -> None:
@@ -127,6 +129,8 @@ def refine_by_distillation(cfg: InitConfig, source: Path, names: EmbeddingNames,
     new.tables[head_name] = result.output
     new.method_stats = {**new.method_stats, **result.stats, "untied": names.tied}
     new.untie_head = names.tied
+    if result.head_map is not None:
+        new.head_map = (result.head_map, result.learnt_ids)
 
 
 def remap_token_ids(config: dict[str, Any], old_tok: "PreTrainedTokenizerFast",
@@ -175,6 +179,8 @@ def write_model_files(ckpt: Checkpoint, tmp: Path, new: NewTables, rows: int, ol
     new_tok.save_pretrained(str(tmp))
     if new.token_map is not None:
         new.token_map.save(tmp / TOKEN_MAP_NAME)
+    if new.head_map is not None:
+        save_head_map(*new.head_map, tmp / HEAD_MAP_NAME)
     return checksums
 
 
@@ -262,7 +268,8 @@ def run_init(cfg: InitConfig) -> dict[str, Any]:
         if cfg.eval_text:
             metrics["bpc"] = evaluate_bpc(cfg, source, tmp, old_tok, new_tok)
         manifest.outputs = {"model": str(out), "embedding_tensors": list(new.tables), CHECKSUM_KEY: checksums,
-                            "token_map": TOKEN_MAP_NAME if new.token_map is not None else None}
+                            "token_map": TOKEN_MAP_NAME if new.token_map is not None else None,
+                            "head_map": HEAD_MAP_NAME if new.head_map is not None else None}
         manifest.metrics = metrics
         manifest.write(tmp)
     print(report(cfg, metrics))

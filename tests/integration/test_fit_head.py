@@ -26,6 +26,8 @@ def test_fit_head_refits_only_the_learnt_head_rows(tied_model, new_tokenizer_dir
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
     assert metrics["precision"] == "bfloat16" and metrics["refitted"] and metrics["best_epoch"] >= 1
     assert metrics["held_out_best"] < metrics["held_out_start"]     # beat the rows init wrote
+    assert metrics["started_from"] == "head_map.safetensors"        # init's fitted map: a warm start
+    assert (out / "head_map.safetensors").read_bytes() != (init / "head_map.safetensors").read_bytes()
     before, after = all_tensors(init), all_tensors(out)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[name], after[name]) for name in before if name != HEAD)
@@ -44,14 +46,18 @@ def test_fit_head_keeps_the_models_rows_when_no_epoch_beats_them(tied_model, new
     assert run_cli("init", "--model", tied_model, "--tokenizer", new_tokenizer_dir, "--out", init, "--corpus", ud_corpus,
                    "--distill-passages", 24, "--distill-steps", 2, "--head-fit-epochs", 2, "--head-fit-lr", 0.01)[0] == 0
     out = tmp_path / "kept"
-    # a learning rate this small leaves the map at its start, the first-piece rows init's fit already beat
+    # a learning rate this small leaves a cold map at its start, the first-piece rows init's fit already beat
     code, stdout, err = run_cli("fit-head", "--model", init, "--base", tied_model, "--corpus", ud_corpus, "--out", out,
-                                "--passages", 24, "--epochs", 1, "--lr", 1e-12, "--device", "cpu")
+                                "--passages", 24, "--epochs", 1, "--lr", 1e-12, "--device", "cpu",
+                                "--warm-start", "false")
     assert code == 0, err
     assert "learnt head rows kept" in stdout
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
     assert not metrics["refitted"] and metrics["held_out_best"] == metrics["held_out_start"]
+    assert metrics["started_from"] == "first-piece rows"
     assert torch.equal(all_tensors(init)[HEAD], all_tensors(out)[HEAD])
+    # the kept rows keep the map that made them
+    assert (out / "head_map.safetensors").read_bytes() == (init / "head_map.safetensors").read_bytes()
 
 
 def test_fit_head_refuses_a_tied_head_and_a_folder_without_a_token_map(tied_model, untied_model, new_tokenizer_dir,

@@ -10,6 +10,7 @@ import torch
 
 from lingraft.hf_folder import INDEX_FILE
 from tests.helpers import all_tensors, save_tiny_llama
+from lingraft.vocabulary.head_map_file import load_head_map
 from lingraft.vocabulary.token_map import TokenMap
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -320,4 +321,7 @@ def test_distill_unties_a_tied_model_and_learns_from_the_original(tied_model, ne
     assert torch.equal(embed[kept], old[old_ids]) and torch.equal(head[kept], old[old_ids])
     learnt = [i for i, code in enumerate(token_map.provenance.tolist()) if code not in (0, 5)]
     assert not torch.equal(embed[learnt], head[learnt])
+    # the fitted map is stored beside the model: one offset per learnt row, in id order
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["head_map"] == "head_map.safetensors"
+    assert load_head_map(out / "head_map.safetensors", torch.tensor(learnt))["offset"].numel() == len(learnt)
 

@@ -10,6 +10,7 @@ from lingraft.vocabulary.distill_init import DistillRuntime
 from lingraft.vocabulary.distill_math import (
     FitData,
     HeadFeatures,
+    HeadMap,
     Passage,
     RowSplit,
     TeacherStates,
@@ -20,6 +21,7 @@ from lingraft.vocabulary.distill_math import (
     prepare_fit,
     unit_direction,
 )
+from lingraft.vocabulary.head_map_file import load_head_map, save_head_map
 from lingraft.vocabulary.token_alignment import aligned_positions
 
 
@@ -96,6 +98,33 @@ def test_head_fit_lowers_cross_entropy_and_keeps_the_best_held_out_epoch():
                            frozen_target=hidden[:0, 0])
     with pytest.raises(ValueError, match="no held-out positions"):
         fit_output_rows(data, nothing_held, features, epochs=1, lr=0.05, batch_size=100, seed=0)
+
+
+def test_a_fitted_map_is_stored_and_a_warm_start_begins_where_it_ended(tmp_path):
+    torch.manual_seed(0)
+    hidden, head = torch.randn(300, 5), torch.randn(8, 5)
+    targets = torch.randint(0, 8, (300,))
+    split = RowSplit.from_mask(torch.arange(8) >= 5)
+    data, held_out = prepare_fit(hidden[:250], targets[:250], head, split), prepare_fit(hidden[250:], targets[250:],
+                                                                                       head, split)
+    features = HeadFeatures(first=torch.randn(3, 5), mean=torch.randn(3, 5), unit=unit_direction(hidden),
+                            input=torch.randn(3, 5))
+    fit = fit_output_rows(data, held_out, features, epochs=4, lr=0.05, batch_size=50, seed=0)
+    path = save_head_map(fit.state, split.ids, tmp_path / "head_map.safetensors")
+    state = load_head_map(path, split.ids)
+    restored = HeadMap(features)
+    restored.load_state_dict(state)
+    assert torch.allclose(restored.rows(), fit.rows)
+    # a warm start that cannot move (lr ~ 0) starts, and stays, at the stored fit's held-out loss
+    warm = fit_output_rows(data, held_out, features, epochs=1, lr=1e-12, batch_size=50, seed=0, start_map=state)
+    assert warm.held_out_start == pytest.approx(fit.held_out_best, rel=1e-6)
+    kept = fit_output_rows(data, held_out, features, epochs=1, lr=1e-12, batch_size=50, seed=0, incumbent=fit.rows)
+    assert kept.best_epoch == 0 and kept.state is None      # the incumbent won: no map of this fit made it
+    with pytest.raises(LingraftError, match="covers other tokens"):
+        load_head_map(path, split.ids[:2])
+    (tmp_path / "other.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(LingraftError, match="corrupt head map"):
+        load_head_map(tmp_path / "other.safetensors", split.ids)
 
 
 def test_unit_direction_turns_a_scalar_into_a_logit_offset():
