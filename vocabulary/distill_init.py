@@ -163,6 +163,7 @@ class HeadFitSettings:
     batch_size: int        # positions per Adam step
     state_batch_size: int  # windows per forward pass while collecting states
     seed: int
+    warmup_epochs: float   # the learning rate rises linearly over these, then decays on a cosine
 
 
 def window_sample(cfg: "InitConfig") -> WindowSample:
@@ -172,7 +173,7 @@ def window_sample(cfg: "InitConfig") -> WindowSample:
 
 def head_fit_settings(cfg: "InitConfig") -> HeadFitSettings:
     return HeadFitSettings(cfg.head_fit_epochs, cfg.head_fit_lr, cfg.head_fit_batch_size, cfg.distill_batch_size,
-                           cfg.seed)
+                           cfg.seed, cfg.head_fit_warmup_epochs)
 
 
 def build_passages(windows: list[str], old_tok: "PreTrainedTokenizerFast", new_tok: "PreTrainedTokenizerFast",
@@ -317,7 +318,7 @@ def fit_head_rows(settings: HeadFitSettings, model: "PreTrainedModel", runtime: 
             bar.set_postfix(held_out_ce=f"{held:.3f}")
         fit = fit_output_rows(data, held_data, features, settings.epochs, settings.lr, settings.batch_size,
                               settings.seed, on_epoch=on_epoch, incumbent=incumbent, autocast=runtime.autocast,
-                              start_map=start_map)
+                              start_map=start_map, warmup_epochs=settings.warmup_epochs)
     seconds = time.perf_counter() - start
     held_positions = int(held_data.hidden.shape[0])
     log.info("head rows: (train, held-out) cross-entropy by epoch %s over %d positions (%d held out, in %d "

@@ -229,10 +229,11 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
                     on_epoch: Callable[[int, float, float], None] | None = None,
                     incumbent: torch.Tensor | None = None,
                     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-                    start_map: Mapping[str, torch.Tensor] | None = None) -> HeadFit:
+                    start_map: Mapping[str, torch.Tensor] | None = None, warmup_epochs: float = 0.0) -> HeadFit:
     """Head rows for the learnt tokens: a `HeadMap` fitted by Adam on `data`'s cross-entropy,
-    its learning rate decayed from `lr` to zero on a cosine. The map starts at the first-piece
-    rows, or at `start_map` (a fitted map's parameters, `HeadFit.state`: a warm start).
+    its learning rate raised linearly over `warmup_epochs`, then decayed to zero on a cosine. The
+    map starts at the first-piece rows, or at `start_map` (a fitted map's parameters,
+    `HeadFit.state`: a warm start).
 
     The rows of the epoch with the lowest cross-entropy on `held_out` (states of text the fit
     never reads) are returned, so extra epochs cannot overfit. `incumbent` (rows already in
@@ -251,8 +252,12 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     # Decayed to zero over the fit: at a constant rate the shared maps kept jumping between epochs
     # (held-out 5.19-5.75 nats) and the guard picked the luckiest epoch; decayed, the last epoch
     # is the best and better than any constant-rate one (BENCHMARKS.md, "The head fit's guard and schedule").
-    steps = epochs * math.ceil(data.hidden.shape[0] / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=max(steps, 1))
+    # Warmed up: Adam's first steps move every map entry by about the full rate whatever its
+    # gradient, which threw a warm start far from its map (held-out 5.11 -> 5.8-9.9 nats after one
+    # epoch) and a cold fit into early jumps (BENCHMARKS.md, "The head map kept").
+    per_epoch = math.ceil(data.hidden.shape[0] / batch_size)
+    steps, warmup = epochs * per_epoch, round(warmup_epochs * per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: warmup_cosine(step, warmup, steps))
     with torch.no_grad():
         best_rows = head.rows() if incumbent is None else incumbent
         best = first = mean_fit_loss(held_out, best_rows)
@@ -278,6 +283,13 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
         if on_epoch is not None:
             on_epoch(epoch, total / max(batches, 1), held_loss)
     return HeadFit(best_rows, first, best, best_epoch, best_state)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning rate's factor: linear from 0 over `warmup` steps, then a cosine to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1)))
 
 
 def map_state(head: HeadMap) -> dict[str, torch.Tensor]:

@@ -112,8 +112,10 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     table = model.get_input_embeddings().weight.detach()[:rows]
     stored_head = model.get_output_embeddings().weight.detach()
     split = split.to(runtime.device)
-    settings = HeadFitSettings(cfg.epochs, cfg.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed)
     start_map = saved_head_map(folder, split.ids) if cfg.warm_start else None
+    schedule = cfg.schedule(warm=start_map is not None)
+    settings = HeadFitSettings(schedule.epochs, schedule.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed,
+                               cfg.warmup_epochs)
     # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out windows
     fit, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
                                first.to(runtime.device), mean.to(runtime.device), split,
@@ -139,6 +141,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
             save_head_map(fit.state, split.ids, tmp / HEAD_MAP_NAME)
         metrics = {**stats, "held_out_cross_entropy": stats["held_out_best"], "refitted": refitted,
                    "started_from": HEAD_MAP_NAME if start_map is not None else "first-piece rows",
+                   "epochs": schedule.epochs, "lr": schedule.lr,
                    "learnt_rows": int(split.ids.numel()), "windows": len(draw.fit),
                    "device": str(runtime.device), "precision": runtime.dtype_name,
                    "total_seconds": round(time.perf_counter() - start, 1)}
@@ -146,8 +149,8 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
                             CHECKSUM_KEY: checksums}
         manifest.metrics = metrics
         manifest.write(tmp)
-    outcome = (f"refitted (best epoch {stats['best_epoch']} of {cfg.epochs})" if refitted
-               else f"kept: no epoch of {cfg.epochs} beat them")
+    outcome = (f"refitted (best epoch {stats['best_epoch']} of {schedule.epochs})" if refitted
+               else f"kept: no epoch of {schedule.epochs} beat them")
     print(f"lingraft fit-head: {split.ids.numel()} learnt head rows {outcome}, the map started from "
           f"{metrics['started_from']}; held-out cross-entropy "
           f"{stats['held_out_start']:.4f} (the model's rows) -> {stats['held_out_best']:.4f} over "

@@ -5,6 +5,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lingraft.config import DatasetRef, ModelRef, OutputPath, require
+from lingraft.vocabulary.init_config import WARMUP_EPOCHS
+
+
+@dataclass(frozen=True)
+class FitSchedule:
+    epochs: int
+    lr: float
+
+
+# A warm start continues a fitted map: fewer epochs at a lower rate reach a lower held-out loss
+# than a fit from the first-piece rows does in 16 (BENCHMARKS.md, "The head map kept").
+WARM = FitSchedule(epochs=6, lr=1.0e-3)
+COLD = FitSchedule(epochs=16, lr=2.0e-3)
 
 
 @dataclass
@@ -28,11 +41,18 @@ class FitHeadConfig:
     passage_chars: int = field(default=400, metadata={"help": "characters per window"})
     copy_share: float = field(default=0.5, metadata={
         "help": "share of windows whose first half is repeated after a blank line (as init's distillation)"})
-    epochs: int = field(default=16, metadata={"help": "passes over the states (the best held-out epoch is kept)"})
-    lr: float = field(default=2.0e-3, metadata={"help": "head-map learning rate at the start (decayed to zero)"})
     warm_start: bool = field(default=True, metadata={
         "help": "start the map from the one stored with the model (head_map.safetensors, written by init --method "
                 "distill and by fit-head) when there is one; off, or without one: from the first-piece rows"})
+    epochs: int | None = field(default=None, metadata={
+        "help": f"passes over the states (the best held-out epoch is kept; default {WARM.epochs} from a stored map, "
+                f"{COLD.epochs} from the first-piece rows)"})
+    lr: float | None = field(default=None, metadata={
+        "help": f"head-map learning rate after the warmup, then decayed to zero (default {WARM.lr:g} from a stored "
+                f"map, {COLD.lr:g} from the first-piece rows)"})
+    warmup_epochs: float = field(default=WARMUP_EPOCHS, metadata={
+        "help": "epochs over which the learning rate rises linearly from zero (as many as the fit's, or more: "
+                "it rises throughout)"})
     batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
     state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={
@@ -44,10 +64,17 @@ class FitHeadConfig:
     max_shard_gb: float = field(default=5.0, metadata={"help": "largest output shard in GB"})
     trust_remote_code: bool = False
 
+    def schedule(self, warm: bool) -> FitSchedule:
+        """The epochs and rate given, the rest by where the map starts."""
+        default = WARM if warm else COLD
+        return FitSchedule(self.epochs or default.epochs, self.lr or default.lr)
+
     def __post_init__(self) -> None:
         require(bool(self.corpus), "corpus", "give the text the model reads (e.g. the training mix)")
-        for name in ("passages", "passage_chars", "epochs", "batch_size", "state_batch_size"):
+        for name in ("passages", "passage_chars", "batch_size", "state_batch_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
         require(0 <= self.copy_share <= 1, "copy_share", f"must be in [0, 1], got {self.copy_share}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.max_shard_gb > 0, "max_shard_gb", f"must be > 0, got {self.max_shard_gb}")

@@ -14,6 +14,8 @@ InitMethod = Literal["distill", "mean", "weighted-mean", "transtokenize", "rando
 ResourceKind = Literal["auto", "parallel", "dictionary"]
 # Methods that run the original model over a corpus.
 CORPUS_METHODS = ("distill",)
+# The head fit's learning-rate warmup, in epochs (init's fit and fit-head's): BENCHMARKS.md, "The head map kept"
+WARMUP_EPOCHS = 2.0
 
 
 @dataclass
@@ -117,7 +119,10 @@ class InitConfig:
     head_fit_epochs: int = field(default=16, metadata={
         "help": "distill: passes of the head fit over the states (the best held-out epoch is kept)"})
     head_fit_lr: float = field(default=2.0e-3, metadata={
-        "help": "distill: head-map learning rate at the start (decayed to zero over the fit)"})
+        "help": "distill: head-map learning rate after the warmup (then decayed to zero over the fit)"})
+    head_fit_warmup_epochs: float = field(default=WARMUP_EPOCHS, metadata={
+        "help": "distill: epochs over which the head fit's learning rate rises linearly from zero (as many as "
+                "the fit's, or more: it rises throughout)"})
     # 2,048 rather than 512: each step recomputes every learnt row through the d×d maps, so larger
     # steps are ~1.4× faster, and the held-out curve is smoother (BENCHMARKS.md).
     head_fit_batch_size: int = field(default=2048, metadata={"help": "distill: positions per head-fit step"})
@@ -161,6 +166,8 @@ class InitConfig:
         require(0 <= self.distill_copy_share <= 1, "distill_copy_share",
                 f"must be in [0, 1], got {self.distill_copy_share}")
         require(self.head_fit_epochs >= 1, "head_fit_epochs", f"must be >= 1, got {self.head_fit_epochs}")
+        require(self.head_fit_warmup_epochs >= 0, "head_fit_warmup_epochs",
+                f"must be >= 0, got {self.head_fit_warmup_epochs}")
         require(self.distill_lr > 0 and self.head_fit_lr > 0, "distill_lr", "learning rates must be > 0")
         require(self.transtokenize_top_k >= 1, "transtokenize_top_k", f"must be >= 1, got {self.transtokenize_top_k}")
         require(0 <= self.transtokenize_min_prob < 1, "transtokenize_min_prob",

@@ -83,3 +83,12 @@ def test_fit_head_refuses_a_base_of_another_width(tied_model, old_tokenizer, new
     old_tokenizer.save_pretrained(str(wide))
     code, _, err = run_cli("fit-head", "--model", init, "--base", wide, "--corpus", ud_corpus, "--out", tmp_path / "c")
     assert code != 0 and "head is 48 wide, the model's 32" in err and not (tmp_path / "c").exists()
+
+
+def test_fit_head_schedule_defaults_follow_where_the_map_starts():
+    from lingraft.vocabulary.fit_head_config import COLD, WARM, FitHeadConfig
+    cfg = FitHeadConfig(model="m", base="b", corpus=["c"], out="o")
+    assert cfg.schedule(warm=True) == WARM and cfg.schedule(warm=False) == COLD
+    assert WARM.epochs < COLD.epochs and WARM.lr < COLD.lr
+    given = FitHeadConfig(model="m", base="b", corpus=["c"], out="o", epochs=3)
+    assert (given.schedule(warm=True).epochs, given.schedule(warm=True).lr) == (3, WARM.lr)

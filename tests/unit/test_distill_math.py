@@ -20,6 +20,7 @@ from lingraft.vocabulary.distill_math import (
     mean_fit_loss,
     prepare_fit,
     unit_direction,
+    warmup_cosine,
 )
 from lingraft.vocabulary.head_map_file import load_head_map, save_head_map
 from lingraft.vocabulary.token_alignment import aligned_positions
@@ -125,6 +126,13 @@ def test_a_fitted_map_is_stored_and_a_warm_start_begins_where_it_ended(tmp_path)
     (tmp_path / "other.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(LingraftError, match="corrupt head map"):
         load_head_map(tmp_path / "other.safetensors", split.ids)
+
+
+def test_the_head_fit_rate_warms_up_linearly_then_decays_on_a_cosine_to_zero():
+    factors = [warmup_cosine(step, 4, 20) for step in range(21)]
+    assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(a > b for a, b in zip(factors[4:], factors[5:])) and factors[20] == pytest.approx(0.0)
+    assert warmup_cosine(0, 0, 10) == 1.0 and warmup_cosine(5, 0, 10) == pytest.approx(0.5)
 
 
 def test_unit_direction_turns_a_scalar_into_a_logit_offset():
