@@ -252,9 +252,9 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     # Decayed to zero over the fit: at a constant rate the shared maps kept jumping between epochs
     # (held-out 5.19-5.75 nats) and the guard picked the luckiest epoch; decayed, the last epoch
     # is the best and better than any constant-rate one (BENCHMARKS.md, "The head fit's guard and schedule").
-    # Warmed up: Adam's first steps move every map entry by about the full rate whatever its
-    # gradient, which threw a warm start far from its map (held-out 5.11 -> 5.8-9.9 nats after one
-    # epoch) and a cold fit into early jumps (BENCHMARKS.md, "The head map kept").
+    # A warmup keeps a warm start near its map: Adam's first steps move every map entry by about
+    # the full rate whatever its gradient (held-out 5.11 -> 7.5 nats after one epoch at 1e-3
+    # without one; BENCHMARKS.md, "The head map kept").
     per_epoch = math.ceil(data.hidden.shape[0] / batch_size)
     steps, warmup = epochs * per_epoch, round(warmup_epochs * per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: warmup_cosine(step, warmup, steps))

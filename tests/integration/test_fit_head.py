@@ -20,7 +20,7 @@ def test_fit_head_refits_only_the_learnt_head_rows(tied_model, new_tokenizer_dir
     out = tmp_path / "refit"
     code, stdout, err = run_cli("fit-head", "--model", init, "--base", tied_model, "--corpus", ud_corpus, "--out", out,
                                 "--passages", 48, "--epochs", 3, "--lr", 0.01, "--precision", "bf16",
-                                "--device", "cpu")
+                                "--device", "cpu", "--warm-start", "--warmup-epochs", 1)
     assert code == 0, err
     assert "learnt head rows refitted" in stdout
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
