@@ -3,11 +3,12 @@
 The head rows of `init --method distill` were fitted on the states the *initial* input rows
 produce. Training the input rows changes those states, so the head is refitted with the same
 shared map (distill_math.HeadMap, from the same first-piece and mean features of the original
-model's head) on the trained model's states over the training mix. The map starts where the model's
-own fit ended (its head_map.safetensors, written by init and carried by export) when there is one:
-training moves the states a little, so a warm start needs fewer epochs than a fit from the
-first-piece rows (training that also updated the head rows leaves a map that no longer gives them
-exactly; it is still where they started). The model's own rows compete
+model's head) on the trained model's states over the training mix, from the first-piece rows as
+init's fit. With `warm_start` the map starts where the model's own fit ended (its
+head_map.safetensors, written by init and carried by export; training that also updated the head
+rows leaves a map that no longer gives them exactly, but it is where they started): about 3x
+faster, and better on the fit's held-out windows, but not on held-out UD or Blok text in the demo
+(BENCHMARKS.md, "The head map kept"). The model's own rows compete
 with every epoch on held-out windows and stay unless beaten. Those windows are text neither init
 nor this fit reads when both draw with the same corpus, passages, characters, copy share and
 seed (the demo's do); with other settings they may overlap init's windows, which favours the
