@@ -289,7 +289,8 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     """The learning rate's factor: linear from 0 over `warmup` steps, then a cosine to zero at `total`."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total) / max(total - warmup, 1)))
+    decay = max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
 def map_state(head: HeadMap) -> dict[str, torch.Tensor]:

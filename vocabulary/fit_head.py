@@ -116,7 +116,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     start_map = saved_head_map(folder, split.ids) if cfg.warm_start else None
     schedule = cfg.schedule(warm=start_map is not None)
     settings = HeadFitSettings(schedule.epochs, schedule.lr, cfg.batch_size, cfg.state_batch_size, cfg.seed,
-                               cfg.warmup_epochs)
+                               schedule.warmup_epochs)
     # the model's own learnt rows compete: they are kept unless an epoch beats them on held-out windows
     fit, stats = fit_head_rows(settings, model, runtime, table, stored_head[:rows], old_head.to(runtime.device),
                                first.to(runtime.device), mean.to(runtime.device), split,
@@ -142,7 +142,7 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
             save_head_map(fit.state, split.ids, tmp / HEAD_MAP_NAME)
         metrics = {**stats, "held_out_cross_entropy": stats["held_out_best"], "refitted": refitted,
                    "started_from": HEAD_MAP_NAME if start_map is not None else "first-piece rows",
-                   "epochs": schedule.epochs, "lr": schedule.lr,
+                   "epochs": schedule.epochs, "lr": schedule.lr, "warmup_epochs": schedule.warmup_epochs,
                    "learnt_rows": int(split.ids.numel()), "windows": len(draw.fit),
                    "device": str(runtime.device), "precision": runtime.dtype_name,
                    "total_seconds": round(time.perf_counter() - start, 1)}

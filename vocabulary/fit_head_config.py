@@ -11,12 +11,14 @@ from lingraft.config import DatasetRef, ModelRef, OutputPath, require
 class FitSchedule:
     epochs: int
     lr: float
+    warmup_epochs: float
 
 
-# A warm start continues a fitted map: fewer epochs at a lower rate (with a warmup) reach the
-# held-out loss a fit from the first-piece rows reaches in 16 (BENCHMARKS.md, "The head map kept").
-WARM = FitSchedule(epochs=6, lr=1.0e-3)
-COLD = FitSchedule(epochs=16, lr=2.0e-3)
+# A warm start continues a fitted map: fewer epochs at a lower rate reach the held-out loss a fit
+# from the first-piece rows reaches in 16, but only with a warmup: without one Adam's first steps
+# throw the map off (BENCHMARKS.md, "The head map kept").
+WARM = FitSchedule(epochs=6, lr=1.0e-3, warmup_epochs=2.0)
+COLD = FitSchedule(epochs=16, lr=2.0e-3, warmup_epochs=0.0)
 
 
 @dataclass
@@ -53,8 +55,9 @@ class FitHeadConfig:
     lr: float | None = field(default=None, metadata={
         "help": f"head-map learning rate after the warmup, then decayed to zero (default {WARM.lr:g} from a stored "
                 f"map, {COLD.lr:g} from the first-piece rows)"})
-    warmup_epochs: float = field(default=0.0, metadata={
-        "help": "epochs over which the learning rate rises linearly from zero (as many as the fit's, or more: "
+    warmup_epochs: float | None = field(default=None, metadata={
+        "help": f"epochs over which the learning rate rises linearly from zero (default {WARM.warmup_epochs:g} from "
+                f"a stored map, {COLD.warmup_epochs:g} from the first-piece rows; as many as the fit's, or more: "
                 "it rises throughout)"})
     batch_size: int = field(default=2048, metadata={"help": "positions per Adam step"})
     state_batch_size: int = field(default=8, metadata={"help": "windows per forward pass while collecting states"})
@@ -68,16 +71,18 @@ class FitHeadConfig:
     trust_remote_code: bool = False
 
     def schedule(self, warm: bool) -> FitSchedule:
-        """The epochs and rate given, the rest by where the map starts."""
+        """The epochs, rate and warmup given, the rest by where the map starts."""
         default = WARM if warm else COLD
-        return FitSchedule(self.epochs or default.epochs, self.lr or default.lr)
+        warmup = default.warmup_epochs if self.warmup_epochs is None else self.warmup_epochs
+        return FitSchedule(self.epochs or default.epochs, self.lr or default.lr, warmup)
 
     def __post_init__(self) -> None:
         require(bool(self.corpus), "corpus", "give the text the model reads (e.g. the training mix)")
         for name in ("passages", "passage_chars", "batch_size", "state_batch_size"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        require(self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs",
+                f"must be >= 0, got {self.warmup_epochs}")
         require(0 <= self.copy_share <= 1, "copy_share", f"must be in [0, 1], got {self.copy_share}")
         require(self.lr is None or self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.max_shard_gb > 0, "max_shard_gb", f"must be > 0, got {self.max_shard_gb}")
