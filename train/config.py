@@ -119,7 +119,8 @@ class DistillConfig:
     """loss = ce_weight * CE + weight * KL(p_teacher ‖ p_model) at positions where the teacher's
     tokenisation and the model's end a token at the same byte, + chunk_weight * the Bernoulli KL
     between the two models' likelihoods of the model's next token where it ends on such a byte
-    too (train/distill.py)."""
+    too (train/distill.py). Any `trainable` mode: the new rows (new_rows, embeddings) learn to be
+    read as B reads the old pieces, adapters (lora) let the body learn to read them."""
     weight: float = 0.0                      # 0 (and chunk_weight 0): no distillation, no teacher loaded
     ce_weight: float = 1.0                   # 1: beside the cross-entropy; 0: instead of it
     chunk_weight: float = 0.0                # likelihood matching: the only term that reaches new head rows
@@ -209,6 +210,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attention: Literal["auto", "flash_attention_2", "flex_attention", "sdpa"] = "auto"
     doc_mask: bool = field(default=True, metadata={"help": "stop attention at document boundaries"})
+    copy_share: float = field(default=0.0, metadata={
+        "help": "share of each micro-batch's samples read as copy tasks: the first half, then again"})
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = 0
@@ -223,10 +226,18 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     frozen_body: FrozenBodyConfig = field(default_factory=FrozenBodyConfig)
 
+    @property
+    def copy_rows(self) -> int:
+        """Samples of each micro-batch that are read as copy tasks (train/data.py)."""
+        return round(self.copy_share * self.micro_batch_size)
+
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "max_steps", "must be > 0")
         require(self.zero_stage in (1, 2, 3), "zero_stage", "expected 1, 2 or 3")
         require(self.micro_batch_size > 0, "micro_batch_size", "must be > 0")
+        require(0 <= self.copy_share <= 1, "copy_share", f"must be in [0, 1], got {self.copy_share}")
+        require(abs(self.copy_share * self.micro_batch_size - self.copy_rows) < 1e-9, "copy_share",
+                f"must give a whole number of samples per micro-batch ({self.copy_share} x {self.micro_batch_size})")
         require(self.grad_accum_steps > 0, "grad_accum_steps", "must be > 0")
         require(self.trainable != "layers" or bool(self.trainable_modules), "trainable_modules",
                 "trainable=layers needs at least one module name")
@@ -246,8 +257,5 @@ class TrainConfig:
         require(self.backend == "deepspeed" or self.ds_config is None, "ds_config",
                 f"only used with backend=deepspeed (backend is {self.backend!r})")
         require(self.ds_config is None or self.ds_config.is_file(), "ds_config", f"{self.ds_config}: file not found")
-        require(not self.distill.enabled or self.trainable in ("embeddings", "new_rows"), "distill.weight",
-                f"distillation trains the tables under a frozen body: trainable=embeddings or new_rows "
-                f"(trainable is {self.trainable!r})")
         require(self.distill.enabled or self.distill.ce_weight == 1, "distill.ce_weight",
                 "only used with distill.weight or chunk_weight > 0 (ce_weight 0 alone would train nothing)")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
+from lingraft.data_prep.dataset import IGNORE_INDEX
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 
@@ -25,21 +26,43 @@ class SampleSource(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def repeat_first_half(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """The batch with its first `rows` samples rewritten as copy tasks: the sample's first half,
+    then that half again, read as one document (so the copy can look back at the original); the
+    last label, which would start a third copy, is ignored. Other rows are returned unchanged."""
+    if rows <= 0:
+        return batch
+    ids = batch["input_ids"]
+    length = ids.shape[1]
+    half = (length + 1) // 2
+    first = ids[:rows, :half]
+    tokens = torch.cat([first, first], dim=1)[:, :length]
+    out = {key: value.clone() for key, value in batch.items()}
+    out["input_ids"][:rows] = tokens
+    out["labels"][:rows] = IGNORE_INDEX
+    out["labels"][:rows, :-1] = tokens[:, 1:]
+    out["position_ids"][:rows] = torch.arange(length, dtype=batch["position_ids"].dtype)
+    return out
+
+
 class BatchStream:
     """Stacks samples into micro-batches on `device`; starts a new epoch when the data ends.
 
-    `extend` adds tensors computed from the stacked CPU batch (the distillation teacher's
-    tokens, train/distill_batch.py); it must depend on the batch alone, so resuming needs no state of its own.
+    `copy_rows` of every micro-batch become copy tasks (`repeat_first_half`). `extend` adds
+    tensors computed from the stacked CPU batch (the distillation teacher's tokens,
+    train/distill_batch.py). Both depend on the batch alone, so resuming needs no state of their own.
     """
 
     KEYS = ("input_ids", "labels", "position_ids")
 
     def __init__(self, source: SampleSource, micro_batch_size: int, device: torch.device,
-                 extend: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+                 extend: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+                 copy_rows: int = 0) -> None:
         self.source = source
         self.micro_batch_size = micro_batch_size
         self.device = device
         self.extend = extend
+        self.copy_rows = copy_rows
         self.epoch = 0
         self._it: Iterator[dict[str, Any]] | None = None
 
@@ -62,6 +85,7 @@ class BatchStream:
     def next_micro_batch(self) -> dict[str, torch.Tensor]:
         samples = [self._next_sample() for _ in range(self.micro_batch_size)]
         batch = {key: torch.stack([torch.as_tensor(s[key], dtype=torch.int64) for s in samples]) for key in self.KEYS}
+        batch = repeat_first_half(batch, self.copy_rows)
         if self.extend is not None:
             batch.update(self.extend(batch))
         return {key: value.to(self.device) for key, value in batch.items()}

@@ -1,7 +1,9 @@
 """Cross-tokenizer distillation: the original model teaches the grafted one (`distill:`).
 
-The grafted model A is the original model B with a new vocabulary whose new rows are
-learnt while the transformer stays frozen. B reads each document in its own (old)
+The grafted model A is the original model B with a new vocabulary: its new rows are learnt
+while the transformer stays frozen (new_rows, embeddings), and then, with the rows in place,
+low-rank adapters let the body learn to read them (lora; beside the CE, the KL keeps A's
+English where B's is, since there B is the reference itself). B reads each document in its own (old)
 tokenisation, A in the new one; wherever both have just read exactly the same bytes
 (train/distill_batch.py finds those pairs), A's next-token distribution should be B's:
 

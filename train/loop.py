@@ -125,7 +125,8 @@ def train(cfg: TrainConfig, source_factory: SourceFactory = _default_source) -> 
     teacher_tokens = teacher_inputs(cfg)
     model, split = build_model(cfg, runtime)
     backend = build_backend(cfg, model, runtime, dist)
-    stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device, extend=teacher_tokens)
+    stream = BatchStream(source_factory(cfg, dist), cfg.micro_batch_size, runtime.device, extend=teacher_tokens,
+                         copy_rows=cfg.copy_rows)
 
     meta = run_meta(cfg, split, runtime, model_config)
     step, last_good = 0, None
