@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODEL_ORDER = ["B", "I", "init", "trained", "A", "swap", "overlap", "conversion", "calibrated"]
+MODEL_ORDER = ["B", "I", "init", "trained", "rows", "A", "swap", "overlap", "conversion", "grafted", "calibrated"]
 MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, distilled init",
-              "trained": "init + new rows trained (head rows from init)", "A": "trained + head rows refitted",
-              "swap": "A -> I, swap", "overlap": "A -> I, overlap",
-              "conversion": "A -> I, conversion", "calibrated": "conversion + LEP self-calibration"}
+              "trained": "init + new rows trained (head rows from init)",
+              "rows": "init + new rows trained, head rows refitted", "A": "rows + body LoRA (distilled)",
+              "swap": "A -> I, swap", "overlap": "A -> I, overlap", "conversion": "A's tables -> I, conversion",
+              "grafted": "conversion + A's body skill pack", "calibrated": "grafted + LEP self-calibration"}
 
 
 def _order(model: str) -> int:

@@ -26,6 +26,7 @@ DEFAULT_METRICS: dict[str, str] = {
     "train": "metrics.final_loss",
     "export": "metrics.trained_tensors",
     "propagate": "metrics.tokens",
+    "skillpack create": "metrics.pack_bytes",
     "model random": "metrics.parameters",
 }
 

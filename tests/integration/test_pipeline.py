@@ -144,11 +144,20 @@ def test_demo_preset_validates(monkeypatch, shared, smollm2):
     assert stages["init"].config.model == str(smollm2)                 # {builtin:smollm2}
     assert stages["train"].config.backend == "local"
     assert str(stages["sft_train"].config.model) == str(smollm2) and stages["sft_train"].config.trainable == "full"
-    # A is the trained model with its head refitted; that is what propagation carries into I
+    # A: the trained rows, the head refitted, the body adapted to them (LoRA, distilled from B);
+    # propagation carries its tables into I, and the body's delta follows as a skill pack
     assert str(stages["refit"].config.model) == str(stages["export"].config.out)
+    body, refit = stages["body"].config, str(stages["refit"].config.out)
+    assert (body.trainable, str(body.model), str(body.distill.teacher)) == ("lora", refit, str(smollm2))
+    pack, adapted = stages["body_pack"].config, str(stages["body_export"].config.out)
+    assert (str(pack.base), str(pack.tuned)) == (refit, adapted)
+    grafted = stages["grafted"].config
+    assert str(grafted.base) == str(stages["conversion"].config.out) and grafted.allow_other_base
+    assert [str(p) for p in grafted.packs] == [str(pack.out)]
+    assert str(stages["calibrate"].config.model) == str(grafted.out)
     for method in ("swap", "overlap", "conversion"):   # A propagated into the SFT sibling I, not into B
         propagate = stages[method].config
-        assert str(propagate.adapted) == str(stages["refit"].config.out)
+        assert str(propagate.adapted) == adapted
         assert (propagate.method, propagate.base) == (method, str(smollm2))
         assert str(propagate.instruct) == str(stages["instruct"].config.out) != str(smollm2)
     heldout = stages["heldout_author"].config.sources[0].include
