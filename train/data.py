@@ -29,7 +29,9 @@ class SampleSource(Protocol):
 def repeat_first_half(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
     """The batch with its first `rows` samples rewritten as copy tasks: the sample's first half,
     then that half again, read as one document (so the copy can look back at the original); the
-    last label, which would start a third copy, is ignored. Other rows are returned unchanged."""
+    last label, which would start a third copy, is ignored. Other rows are returned unchanged.
+    A half that ends inside a multi-byte character makes the joint invalid text: distillation
+    then finds no aligned pair after it, and the copy trains on the cross-entropy alone."""
     if rows <= 0:
         return batch
     ids = batch["input_ids"]
