@@ -211,7 +211,8 @@ class TrainConfig:
     attention: Literal["auto", "flash_attention_2", "flex_attention", "sdpa"] = "auto"
     doc_mask: bool = field(default=True, metadata={"help": "stop attention at document boundaries"})
     copy_share: float = field(default=0.0, metadata={
-        "help": "share of each micro-batch's samples read as copy tasks: the first half, then again"})
+        "help": "share of each micro-batch's samples (its first ones, on every rank) read as copy tasks: "
+                "the first half, then again"})
     activation_checkpointing: bool = False
     compile: bool = False
     seed: int = 0

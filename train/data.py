@@ -28,21 +28,23 @@ class SampleSource(Protocol):
 
 def repeat_first_half(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
     """The batch with its first `rows` samples rewritten as copy tasks: the sample's first half,
-    then that half again, read as one document (so the copy can look back at the original); the
-    last label, which would start a third copy, is ignored. Other rows are returned unchanged.
+    then that half again, read as one document (so the copy can look back at the original).
+    A token the sample did not train on (a masked label) is not a target in either copy, and a
+    label that would start a third copy is ignored. Other rows are returned unchanged.
     A half that ends inside a multi-byte character makes the joint invalid text: distillation
     then finds no aligned pair after it, and the copy trains on the cross-entropy alone."""
     if rows <= 0:
         return batch
-    ids = batch["input_ids"]
-    length = ids.shape[1]
+    length = batch["input_ids"].shape[1]
     half = (length + 1) // 2
-    first = ids[:rows, :half]
-    tokens = torch.cat([first, first], dim=1)[:, :length]
+    first = batch["input_ids"][:rows, :half]
+    # Token k is a target when the label before it is; the first token has no label before it.
+    target = torch.cat([batch["labels"][:rows, :1], batch["labels"][:rows, :half - 1]], dim=1) != IGNORE_INDEX
+    tokens = torch.cat([first, first, first[:, :1]], dim=1)[:, :length + 1]
+    targets = torch.cat([target, target, torch.zeros_like(target[:, :1])], dim=1)[:, :length + 1]
     out = {key: value.clone() for key, value in batch.items()}
-    out["input_ids"][:rows] = tokens
-    out["labels"][:rows] = IGNORE_INDEX
-    out["labels"][:rows, :-1] = tokens[:, 1:]
+    out["input_ids"][:rows] = tokens[:, :length]
+    out["labels"][:rows] = tokens[:, 1:].masked_fill(~targets[:, 1:], IGNORE_INDEX)
     out["position_ids"][:rows] = torch.arange(length, dtype=batch["position_ids"].dtype)
     return out
 

@@ -38,6 +38,7 @@ from lingraft.propagate.lep.vocabularies import OutputVocabulary, output_vocabul
 from lingraft.vocabulary.embedding_init import padded_size
 from lingraft.vocabulary.init_stage import write_config_files
 from lingraft.vocabulary.loading import load_tokenizer
+from lingraft.vocabulary.head_map_file import HEAD_MAP_NAME
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 log = get_logger(__name__)
@@ -182,7 +183,8 @@ def run_apply(cfg: SkillpackApplyConfig) -> dict[str, Any]:
         steps, files_dir = plan_steps(cfg, ckpt, packs, tmp / ".staging")
         plan_s = time.perf_counter() - clock
         checksums = write_shards(ckpt, steps, cfg.method, tmp)
-        copy_model_files(files_dir, tmp)
+        # The model's provenance maps travel with it; a pack that brings a new vocabulary replaces the token map below.
+        copy_model_files(files_dir, tmp, keep=(TOKEN_MAP_NAME, HEAD_MAP_NAME))
         shutil.rmtree(tmp / ".staging", ignore_errors=True)
         vocabulary_from = [s.pack for s in steps if s.pack.replaces_tables]
         if vocabulary_from:   # the new vocabulary's map travels with it, as `lingraft propagate` does

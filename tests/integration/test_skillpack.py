@@ -252,8 +252,14 @@ def test_wrong_base_is_refused_unless_allowed(family, exact_pack, run_cli, tmp_p
                            "--out", tmp_path / "never")
     assert code == 1 and "made for another base" in err and "--allow-other-base" in err
     assert "other weights" in err and not (tmp_path / "never").exists()
-    cli(run_cli, "skillpack", "apply", "--base", family / "other", "--pack", exact_pack, "--allow-other-base",
+    mapped = tmp_path / "other"                  # a model with provenance maps (e.g. a propagated one)
+    shutil.copytree(family / "other", mapped)
+    for name in ("token_map.safetensors", "head_map.safetensors"):
+        (mapped / name).write_bytes(name.encode())
+    cli(run_cli, "skillpack", "apply", "--base", mapped, "--pack", exact_pack, "--allow-other-base",
         "--out", tmp_path / "forced")
+    for name in ("token_map.safetensors", "head_map.safetensors"):   # the tables are the model's: so are their maps
+        assert (tmp_path / "forced" / name).read_bytes() == name.encode()
     base, tuned, other = (all_tensors(family / n) for n in ("base", "tuned", "other"))
     forced = all_tensors(tmp_path / "forced")
     name = "model.layers.0.mlp.up_proj.weight"

@@ -24,13 +24,34 @@ def test_the_first_rows_repeat_their_first_half_as_one_document(length):
     for row in range(2):
         first = batch["input_ids"][row, :half].tolist()
         assert out["input_ids"][row].tolist() == (first + first)[:length]
-        # Every position predicts the next token of the copy task; the last would start a third copy.
-        assert out["labels"][row, :-1].tolist() == (first + first)[1:length]
-        assert out["labels"][row, -1].item() == IGNORE_INDEX
+        # Every position predicts the next token of the copy task; at an even length the last would
+        # start a third copy, at an odd one it is the copy's last token.
+        want = (first + first + [IGNORE_INDEX])[1:length + 1]
+        assert out["labels"][row].tolist() == want
         assert out["position_ids"][row].tolist() == list(range(length))
     for key in batch:                                                  # the other row, and the input, untouched
         assert torch.equal(out[key][2], batch[key][2])
         assert torch.equal(batch[key], batch_of(3, length)[key])
+
+
+def test_a_token_the_sample_did_not_train_on_is_no_target_in_either_copy():
+    batch = batch_of(1, 8)
+    batch["labels"][0, 1] = IGNORE_INDEX                 # token 2 (a prompt, say) is not a target
+    out = repeat_first_half(batch, rows=1)
+    first = batch["input_ids"][0, :4].tolist()
+    assert out["labels"][0].tolist() == [first[1], IGNORE_INDEX, first[3], first[0],
+                                         first[1], IGNORE_INDEX, first[3], IGNORE_INDEX]
+
+
+def test_the_stream_hands_the_rewritten_batch_to_the_teacher():
+    from lingraft.train.data import BatchStream
+    samples = [{key: value[0] for key, value in batch_of(1, 6).items()} for _ in range(2)]
+    seen = []
+    stream = BatchStream(samples, 2, torch.device("cpu"), extend=lambda b: seen.append(b["input_ids"].clone()) or {},
+                         copy_rows=1)
+    out = stream.next_micro_batch()
+    assert torch.equal(seen[0], out["input_ids"]) and seen[0][0].tolist() == [10, 11, 12, 10, 11, 12]
+    assert seen[0][1].tolist() == list(range(10, 16))
 
 
 def test_no_copy_rows_is_the_batch_itself():
