@@ -26,6 +26,8 @@ from typing import Callable, ContextManager, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from lingraft.train.optim import lr_factor   # the trainer's warmup-then-cosine factor, here decaying to zero
+
 # The frozen body: input embeddings (B, L, d) -> final (normalised) hidden states (B, L, d).
 Body = Callable[[torch.Tensor], torch.Tensor]
 
@@ -257,7 +259,7 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
     # without one; BENCHMARKS.md, "The head map kept").
     per_epoch = math.ceil(data.hidden.shape[0] / batch_size)
     steps, warmup = epochs * per_epoch, round(warmup_epochs * per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: warmup_cosine(step, warmup, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: lr_factor(step, warmup, steps, min_ratio=0.0))
     with torch.no_grad():
         best_rows = head.rows() if incumbent is None else incumbent
         best = first = mean_fit_loss(held_out, best_rows)
@@ -283,14 +285,6 @@ def fit_output_rows(data: FitData, held_out: FitData, features: HeadFeatures, ep
         if on_epoch is not None:
             on_epoch(epoch, total / max(batches, 1), held_loss)
     return HeadFit(best_rows, first, best, best_epoch, best_state)
-
-
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """The learning rate's factor: linear from 0 over `warmup` steps, then a cosine to zero at `total`."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    decay = max(total - warmup, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
 def map_state(head: HeadMap) -> dict[str, torch.Tensor]:

@@ -36,9 +36,9 @@ from lingraft.propagate.skillpack.format import SkillPack, model_fingerprint, te
 from lingraft.propagate.skillpack.stage import reconstruct, vocab_digest
 from lingraft.propagate.lep.vocabularies import OutputVocabulary, output_vocabulary
 from lingraft.vocabulary.embedding_init import padded_size
+from lingraft.vocabulary.head_map_file import HEAD_MAP_NAME
 from lingraft.vocabulary.init_stage import write_config_files
 from lingraft.vocabulary.loading import load_tokenizer
-from lingraft.vocabulary.head_map_file import HEAD_MAP_NAME
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME
 
 log = get_logger(__name__)

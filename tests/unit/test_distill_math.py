@@ -1,6 +1,8 @@
 """Token alignment and the distillation math on small hand-made tensors (no model files)."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,6 @@ from lingraft.vocabulary.distill_math import (
     mean_fit_loss,
     prepare_fit,
     unit_direction,
-    warmup_cosine,
 )
 from lingraft.vocabulary.head_map_file import load_head_map, save_head_map
 from lingraft.vocabulary.token_alignment import aligned_positions
@@ -129,6 +130,8 @@ def test_a_fitted_map_is_stored_and_a_warm_start_begins_where_it_ended(tmp_path)
 
 
 def test_the_head_fit_rate_warms_up_linearly_then_decays_on_a_cosine_to_zero():
+    from lingraft.train.optim import lr_factor
+    warmup_cosine = partial(lr_factor, min_ratio=0.0)      # as fit_output_rows schedules it
     factors = [warmup_cosine(step, 4, 20) for step in range(21)]
     assert factors[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert all(a > b for a, b in zip(factors[4:], factors[5:])) and factors[20] == pytest.approx(0.0)
