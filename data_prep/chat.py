@@ -187,6 +187,20 @@ def encode_chat(tokenizer: Any, messages: Any, chat_template: str | None = None,
     return _truncate(ids, mask, turn_ends, max_tokens)
 
 
+def encode_document(tokenizer: Any, text: Any, max_tokens: int | None = None) -> RenderedChat:
+    """Plain text (replay: the language the model must not forget) as one packed document: every
+    token but the first is a target, and a longer text is cut at `max_tokens`. Nothing is
+    added around it: with document masking it is read on its own, like a chat."""
+    if not isinstance(text, str) or not text.strip():
+        raise ChatError("empty_text", "the text field is empty or not a string")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if len(ids) < 2:
+        raise ChatError("no_target_tokens", "a document needs at least two tokens")
+    cut = max_tokens is not None and len(ids) > max_tokens
+    ids = ids[:max_tokens] if cut else ids
+    return RenderedChat(ids, [0] + [1] * (len(ids) - 1), ["document"] if cut else [])
+
+
 def render_chat(tokenizer: Any, messages: Any, chat_template: str | None = None,
                 max_tokens: int | None = None) -> tuple[list[int], list[int]]:
     """(ids, mask) of one conversation: mask is 1 on the assistant answers and their end-of-turn token."""

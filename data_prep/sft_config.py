@@ -19,6 +19,8 @@ class SftPackConfig:
     chat_template: Path | None = field(default=None, metadata={
         "help": "a .jinja file to render with instead of the tokenizer's own template"})
     messages_field: str = field(default="messages", metadata={"help": "the JSON field holding the message list"})
+    text_field: str = field(default="text", metadata={
+        "help": "a record without messages but with this field is a plain document: every token a target"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unusable chat instead of skipping it"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many chats (all inputs)"})
     open_bins: int = field(default=64, metadata={
@@ -29,6 +31,8 @@ class SftPackConfig:
         require(bool(self.input), "input", "give at least one messages JSONL file")
         require(self.seq_len >= 8, "seq_len", f"must be >= 8, got {self.seq_len}")
         require(bool(self.messages_field), "messages_field", "must not be empty")
+        require(bool(self.text_field) and self.text_field != self.messages_field, "text_field",
+                "must not be empty or the messages field")
         require(self.max_records is None or self.max_records > 0, "max_records", "must be > 0")
         require(self.open_bins >= 1, "open_bins", "must be >= 1")
         require(self.shard_tokens >= self.seq_len, "shard_tokens", "must be >= seq_len")

@@ -1,5 +1,8 @@
 """`lingraft prep sft`: chat JSONL -> packed shards whose loss mask selects the assistant answers.
 
+A record without messages but with a text field is a plain document (replay text mixed into
+the chats): every token but its first is a target (data_prep/chat.py: encode_document).
+
 Every conversation is rendered with the model's chat template and truncated to at most
 `seq_len` tokens (data_prep/chat.py), then conversations are packed into samples of
 exactly `seq_len` tokens: best fit over a bounded set of open samples, so a conversation
@@ -23,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lingraft.data_prep.chat import ChatError, RenderedChat, encode_chat, resolve_template
+from lingraft.data_prep.chat import ChatError, RenderedChat, encode_chat, encode_document, resolve_template
 from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype, write_done
 from lingraft.data_prep.readers import iter_json_lines
 from lingraft.data_prep.records import DropLog
@@ -36,15 +39,18 @@ log = get_logger(__name__)
 STAGE = "prep.sft"
 
 
-def iter_chats(paths: list[str], messages_field: str, drops: DropLog,
-               max_records: int | None = None) -> Iterator[tuple[Any, str]]:
-    """(messages, "path:line") of every JSONL record; unreadable records go to `drops`."""
+def iter_examples(paths: list[str], messages_field: str, text_field: str, drops: DropLog,
+                  max_records: int | None = None) -> Iterator[tuple[str, Any, str]]:
+    """("chat", messages, "path:line") or ("text", text, "path:line") for every JSONL record: a record
+    with `messages_field` is a chat, one with only `text_field` a plain document; others go to `drops`."""
     records = (rec for path in paths for rec in iter_json_lines(path, drops))
     for where, record in itertools.islice(records, max_records):
-        if not isinstance(record, dict) or messages_field not in record:
+        if isinstance(record, dict) and messages_field in record:
+            yield "chat", record[messages_field], where
+        elif isinstance(record, dict) and text_field in record:
+            yield "text", record[text_field], where
+        else:
             drops.drop("missing_field", where, json.dumps(record, ensure_ascii=False)[:80])
-            continue
-        yield record[messages_field], where
 
 
 @dataclass
@@ -89,7 +95,8 @@ class BinPacker:
 
 @dataclass
 class Counts:
-    chats: int = 0
+    chats: int = 0                     # conversations and plain documents
+    documents: int = 0                 # of them, plain documents
     chat_tokens: int = 0
     target_tokens: int = 0
     filler_tokens: int = 0
@@ -152,13 +159,16 @@ def pack_chats(cfg: SftPackConfig, tok: Any, template: str, out: Path, drops: Dr
     packer = BinPacker(cfg.seq_len, cfg.open_bins)
     truncated = writer.counts.truncated
     with progress(total=cfg.max_records, desc="sft pack", unit="chat") as bar:
-        for messages, where in iter_chats(cfg.input, cfg.messages_field, drops, cfg.max_records):
+        for kind, content, where in iter_examples(cfg.input, cfg.messages_field, cfg.text_field, drops,
+                                                  cfg.max_records):
             bar.update()
             try:
-                chat = encode_chat(tok, messages, template, max_tokens=cfg.seq_len)
+                chat = (encode_chat(tok, content, template, max_tokens=cfg.seq_len) if kind == "chat"
+                        else encode_document(tok, content, max_tokens=cfg.seq_len))
             except ChatError as exc:
                 drops.drop(exc.reason, where, str(exc))
                 continue
+            writer.counts.documents += kind == "text"
             for rule in chat.truncated:
                 truncated[rule] = truncated.get(rule, 0) + 1
             if chat.truncated:
@@ -199,12 +209,13 @@ def run_sft_pack(cfg: SftPackConfig) -> Path:
         total = counts.chat_tokens + counts.filler_tokens
         manifest.metrics = {
             "chats_read": counts.chats + drops.total, "chats_kept": counts.chats, "chats_skipped": drops.total,
+            "documents_kept": counts.documents,
             "skipped": drops.to_json(), "truncated": counts.truncated, "samples": counts.samples,
             "chat_tokens": counts.chat_tokens, "target_tokens": counts.target_tokens,
             "filler_tokens": counts.filler_tokens, "fill_ratio": round(counts.chat_tokens / max(total, 1), 4),
             "seconds": round(time.perf_counter() - started, 3)}
         manifest.write(tmp)
-    log.info("prep sft: %d chats kept, %d skipped %s, %d truncated; %d samples of %d tokens, fill %.1f%%",
-             counts.chats, drops.total, dict(drops.counts), counts.truncated.get("chats", 0), counts.samples,
-             cfg.seq_len, 100 * counts.chat_tokens / max(total, 1))
+    log.info("prep sft: %d chats kept (%d plain documents), %d skipped %s, %d truncated; %d samples of %d tokens, "
+             "fill %.1f%%", counts.chats, counts.documents, drops.total, dict(drops.counts),
+             counts.truncated.get("chats", 0), counts.samples, cfg.seq_len, 100 * counts.chat_tokens / max(total, 1))
     return Path(cfg.out)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lingraft.config import DatasetRef, ModelRef, OutputPath, require
 
@@ -132,22 +132,40 @@ class JudgeConfig:
 
 
 @dataclass
-class CopyConfig:
-    """'Repeat this text' tasks from corpus passages (none when `corpus` is unset)."""
+class PassageConfig:
+    """Paragraph-sized passages drawn from a corpus (none when `corpus` is unset)."""
     corpus: DatasetRef | None = None
     text_field: str = "text"
     count: int = 500
     min_chars: int = 64
     max_chars: int = 1500
-    phrasings: list[str] = field(default_factory=list)   # with {text}; [] = the language preset's
     max_candidates: int = 100_000     # passages read from the corpus to sample `count` from
+    setting: ClassVar[str] = "passages"
 
     def __post_init__(self) -> None:
-        require(self.count >= 1, "copy.count", "must be >= 1")
-        require(1 <= self.min_chars <= self.max_chars, "copy.min_chars", "must be in [1, max_chars]")
-        require(self.max_candidates >= self.count, "copy.max_candidates", "must be >= count")
+        require(self.count >= 1, f"{self.setting}.count", "must be >= 1")
+        require(1 <= self.min_chars <= self.max_chars, f"{self.setting}.min_chars", "must be in [1, max_chars]")
+        require(self.max_candidates >= self.count, f"{self.setting}.max_candidates", "must be >= count")
+
+
+@dataclass
+class CopyConfig(PassageConfig):
+    """'Repeat this text' tasks from corpus passages."""
+    phrasings: list[str] = field(default_factory=list)   # with {text}; [] = the language preset's
+    setting: ClassVar[str] = "copy"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for p in self.phrasings:
             require("{text}" in p, "copy.phrasings", f"every phrasing needs a {{text}} slot: {p!r}")
+
+
+@dataclass
+class ReplayConfig(PassageConfig):
+    """Plain corpus passages trained on as text beside the chats: the cross-entropy on the
+    languages the model already reads holds them while the copy tasks change the body."""
+    count: int = 128
+    setting: ClassVar[str] = "replay"
 
 
 @dataclass
@@ -195,6 +213,7 @@ class CalibrateConfig:
     loop: LoopFilter = field(default_factory=LoopFilter)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     copy: CopyConfig = field(default_factory=CopyConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: CalibrateTrainSettings = field(default_factory=CalibrateTrainSettings)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,8 @@
     filter    empty, truncated, looping and wrong-script answers go, then an optional judge
               (<out>/rejected.jsonl keeps them with their reason)
     copy      corpus passages become "repeat this text" chats
-    write     <out>/calibration.jsonl: one `messages` chat per line, answers and copy tasks
+    replay    other corpus passages stay plain text (`{"text": ...}` records), optional
+    write     <out>/calibration.jsonl: one record per line, answers, copy tasks and replay
               shuffled together
     train     pack with `prep sft`, fine-tune with LoRA (the paper's r=8, alpha=1, lr 2.5e-5
               on the first and last blocks, tables in full), export to <out>/model
@@ -23,6 +24,7 @@ dropped, by reason. A config, e.g.:
       - {path: ru_arena_hard_qwen3_235b_answers.jsonl.xz, prompt_field: messages.0.content}
     generation: {max_new_tokens: 1024, batch_size: 512}
     copy: {corpus: ruslit.jsonl.xz, count: 500}
+    replay: {corpus: training_mix, count: 128}   # text the model already reads, kept in place
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
 from lingraft.propagate.calibrate.config import CalibrateConfig
-from lingraft.propagate.calibrate.copy import copy_examples, sample_passages
+from lingraft.propagate.calibrate.copy import copy_examples, replay_examples, sample_passages
 from lingraft.propagate.calibrate.filters import filter_answers
 from lingraft.propagate.calibrate.generate import (
     GENERATIONS,
@@ -94,7 +96,7 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(out)
-    for path in [p.path for p in cfg.prompts] + ([cfg.copy.corpus] if cfg.copy.corpus else []):
+    for path in [p.path for p in cfg.prompts] + [c for c in (cfg.copy.corpus, cfg.replay.corpus) if c]:
         if not Path(path).exists():   # found now, not after hours of generation
             raise LingraftError(f"{path}: no such file or folder")
     if cfg.train.enabled:   # a bad train setting fails now, not after hours of generation
@@ -129,14 +131,20 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
             log.warning("copy tasks: the corpus gave %d passages of %d-%d characters, fewer than copy.count=%d",
                         len(copies), cfg.copy.min_chars, cfg.copy.max_chars, cfg.copy.count)
 
-    examples = [answer_chat(r) for r in kept] + copies
+    replay_drops = DropLog()
+    replays: list[dict[str, Any]] = []
+    if cfg.replay.corpus is not None:   # other passages than the copy tasks', even from the same corpus
+        copied = {c["messages"][1]["content"] for c in copies}
+        replays = replay_examples(sample_passages(cfg.replay, cfg.seed + 1, replay_drops, exclude=copied))
+
+    examples = [answer_chat(r) for r in kept] + copies + replays
     random.Random(cfg.seed).shuffle(examples)
     if not examples:
-        raise LingraftError(f"calibrate: every answer was dropped ({dict(answer_drops.counts)}) and no copy "
+        raise LingraftError(f"calibrate: every answer was dropped ({dict(answer_drops.counts)}) and no copy or replay "
                             "corpus is set; nothing to train on")
     write_jsonl(out / CALIBRATION, examples)
-    log.info("calibration data: %d answers kept of %d (dropped %s), %d copy tasks -> %s", len(kept),
-             len(run.records), dict(answer_drops.counts), len(copies), out / CALIBRATION)
+    log.info("calibration data: %d answers kept of %d (dropped %s), %d copy tasks, %d replay passages -> %s",
+             len(kept), len(run.records), dict(answer_drops.counts), len(copies), len(replays), out / CALIBRATION)
 
     metrics: dict[str, Any] = {
         "prompts_usable": len(prompts), "prompts_dropped": prompt_drops.to_json(),
@@ -147,6 +155,7 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
         "generation_new_tokens": run.new_tokens, "generation_seconds": round(run.seconds, 3),
         "generation_tokens_per_s": round(run.new_tokens / run.seconds, 2) if run.seconds else None,
         "copy_examples": len(copies), "copy_corpus_dropped": copy_drops.to_json(),
+        "replay_examples": len(replays), "replay_corpus_dropped": replay_drops.to_json(),
         "calibration_examples": len(examples),
     }
     outputs: dict[str, Any] = {"generations": GENERATIONS, "calibration": CALIBRATION, "rejected": REJECTED}
@@ -161,6 +170,8 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
         inputs["model"] = cfg.model
     if cfg.copy.corpus is not None:
         inputs["copy_corpus"] = cfg.copy.corpus
+    if cfg.replay.corpus is not None:
+        inputs["replay_corpus"] = cfg.replay.corpus
     manifest = new_manifest("calibrate", cfg, inputs=inputs)
     manifest.outputs, manifest.metrics = outputs, metrics
     manifest.write(out)

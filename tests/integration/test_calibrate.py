@@ -328,6 +328,8 @@ def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp
         "prompts": [{"path": str(prompts)}], "generation": {"max_new_tokens": 32, "batch_size": 4},
         "copy": {"corpus": str(shared / "ru_text" / "ud_russian_sentences.jsonl"), "count": 3, "min_chars": 30,
                  "max_chars": 120, "max_candidates": 50},
+        "replay": {"corpus": str(shared / "ru_text" / "ud_russian_sentences.jsonl"), "count": 2, "min_chars": 30,
+                   "max_chars": 120, "max_candidates": 50},
         "train": {"seq_len": 192, "max_steps": 2, "micro_batch_size": 1, "grad_accum_steps": 1,
                   "overrides": {"log.tensorboard": False, "log.plot": False, "device": "cpu"}}},
         allow_unicode=True))
@@ -340,8 +342,13 @@ def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp
     assert m["answers_generated"] == 6 and m["answers_kept"] == 2
     assert {k: v["count"] for k, v in m["answers_dropped"].items()} == {
         "empty": 1, "truncated": 1, "looping": 1, "wrong_script": 1}
-    chats = [json.loads(line) for line in (out / "calibration.jsonl").read_text().splitlines()]
-    assert len(chats) == m["calibration_examples"] == 2 + 3 and m["copy_examples"] == 3
+    records = [json.loads(line) for line in (out / "calibration.jsonl").read_text().splitlines()]
+    assert len(records) == m["calibration_examples"] == 2 + 3 + 2 and m["copy_examples"] == 3
+    replays = [r for r in records if r["source"] == "replay"]
+    assert m["replay_examples"] == len(replays) == 2 and all(set(r) == {"id", "source", "text"} for r in replays)
+    copied = {r["messages"][1]["content"] for r in records if r["source"] == "copy"}
+    assert not copied & {r["text"] for r in replays}            # other passages than the copy tasks'
+    chats = [r for r in records if r["source"] != "replay"]
     assert all([msg["role"] for msg in c["messages"]] == ["user", "assistant"] for c in chats)
     answers = {c["messages"][1]["content"] for c in chats if c["source"] != "copy"}
     assert answers == {RU_ANSWER, script["Длинный"][0]}
@@ -350,7 +357,7 @@ def test_stage_counts_drops_writes_chats_and_trains(tiny_chat_model, shared, tmp
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert sorted(r["drop_reason"] for r in rejected) == ["empty", "looping", "truncated", "wrong_script"]
     train = m["train"]
-    assert train["max_steps"] == 2 and train["packed_chats"] == 5
+    assert train["max_steps"] == 2 and train["packed_chats"] == 7      # the replay passages as documents
     assert (Path(train["model"]) / "config.json").is_file()
     assert json.loads((Path(train["model"]) / "manifest.json").read_text())["metrics"]["trainable"] == "lora"
 
