@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_ORDER = ["B", "I", "init", "trained", "rows", "A", "swap", "overlap", "conversion", "grafted", "calibrated"]
 MODEL_ROLE = {"B": "base (SmolLM2-135M-Instruct)", "I": "B + short SFT", "init": "B, Extended vocab, distilled init",
               "trained": "init + new rows trained (head rows from init)",
-              "rows": "init + new rows trained, head rows refitted", "A": "rows + body LoRA (distilled)",
+              "rows": "init + new rows trained", "A": "rows + body LoRA (distilled)",
               "swap": "A -> I, swap", "overlap": "A -> I, overlap", "conversion": "A's tables -> I, conversion",
               "grafted": "conversion + A's body skill pack", "calibrated": "grafted + LEP self-calibration"}
 

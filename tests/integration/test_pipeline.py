@@ -144,13 +144,12 @@ def test_demo_preset_validates(monkeypatch, shared, smollm2):
     assert stages["init"].config.model == str(smollm2)                 # {builtin:smollm2}
     assert stages["train"].config.backend == "local"
     assert str(stages["sft_train"].config.model) == str(smollm2) and stages["sft_train"].config.trainable == "full"
-    # A: the trained rows, the head refitted, the body adapted to them (LoRA, distilled from B);
-    # propagation carries its tables into I, and the body's delta follows as a skill pack
-    assert str(stages["refit"].config.model) == str(stages["export"].config.out)
-    body, refit = stages["body"].config, str(stages["refit"].config.out)
-    assert (body.trainable, str(body.model), str(body.distill.teacher)) == ("lora", refit, str(smollm2))
+    # A: the trained rows, the body adapted to them (LoRA, distilled from B); propagation carries
+    # its tables into I, and the body's delta follows as a skill pack
+    body, rows = stages["body"].config, str(stages["export"].config.out)
+    assert (body.trainable, str(body.model), str(body.distill.teacher)) == ("lora", rows, str(smollm2))
     pack, adapted = stages["body_pack"].config, str(stages["body_export"].config.out)
-    assert (str(pack.base), str(pack.tuned)) == (refit, adapted)
+    assert (str(pack.base), str(pack.tuned)) == (rows, adapted)
     grafted = stages["grafted"].config
     assert str(grafted.base) == str(stages["conversion"].config.out) and grafted.allow_other_base
     assert [str(p) for p in grafted.packs] == [str(pack.out)]
