@@ -20,7 +20,7 @@ class SftPackConfig:
         "help": "a .jinja file to render with instead of the tokenizer's own template"})
     messages_field: str = field(default="messages", metadata={"help": "the JSON field holding the message list"})
     text_field: str = field(default="text", metadata={
-        "help": "a record without messages but with this field is a plain document: every token a target"})
+        "help": "a record without messages but with this field is a plain document: every token but its first a target"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unusable chat instead of skipping it"})
     max_records: int | None = field(default=None, metadata={"help": "read at most this many chats (all inputs)"})
     open_bins: int = field(default=64, metadata={

@@ -159,6 +159,12 @@ def test_bad_inputs_fail_before_any_generation(shared, tmp_path, run_cli):
     code, _, err = run_cli("calibrate", "--instruct", "m", "--model", "m", "--out", tmp_path, "--prompts", arena,
                            "--set", "train.overrides.lora.rr=1")
     assert code == 1 and "lora.rr: unknown key" in err
+    code, _, err = run_cli("calibrate", "--instruct", "m", "--out", tmp_path, "--prompts", arena,
+                           "--set", "train.enabled=false", "--set", f"replay.corpus={tmp_path / 'no_corpus'}")
+    assert code == 1 and "no_corpus: no such file" in err
+    code, _, err = run_cli("calibrate", "--instruct", "m", "--out", tmp_path, "--prompts", arena,
+                           "--set", "train.enabled=false", "--set", "replay.count=0")
+    assert code == 2 and "replay.count: must be >= 1" in err          # a config error: usage
 
 
 # -- prompts -------------------------------------------------------------------------------------
