@@ -48,7 +48,7 @@ class ChatError(LingraftError):
 class RenderedChat:
     ids: list[int]
     mask: list[int]                                   # 1 = training target (assistant answer + end of turn)
-    truncated: list[str] = field(default_factory=list)  # rules applied: "turns", "prompt", "answer"
+    truncated: list[str] = field(default_factory=list)  # rules applied: "turns", "prompt", "answer", "document"
 
 
 def resolve_template(tokenizer: Any, chat_template: str | None = None) -> str:
@@ -188,14 +188,19 @@ def encode_chat(tokenizer: Any, messages: Any, chat_template: str | None = None,
 
 
 def encode_document(tokenizer: Any, text: Any, max_tokens: int | None = None) -> RenderedChat:
-    """Plain text (replay: the language the model must not forget) as one packed document: every
-    token but the first is a target, and a longer text is cut at `max_tokens`. Nothing is
-    added around it: with document masking it is read on its own, like a chat."""
-    if not isinstance(text, str) or not text.strip():
-        raise ChatError("empty_text", "the text field is empty or not a string")
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if len(ids) < 2:
-        raise ChatError("no_target_tokens", "a document needs at least two tokens")
+    """Plain text (replay: a language the model must not forget) as one packed document: the start
+    token that `eval bpc` scores every document after (BOS, else EOS; context, not a target),
+    then the text, every token of it a target, cut at `max_tokens` in all. Control tokens in
+    the text are refused as in chat content."""
+    if not isinstance(text, str):
+        raise ChatError("bad_text", f"the text field holds {type(text).__name__}, not a string")
+    if not text.strip():
+        raise ChatError("empty_text", "the text field is empty")
+    hit = next((tok for tok in special_tokens(tokenizer) if tok in text), None)
+    if hit is not None:
+        raise ChatError("special_token_in_content", f"the text contains {hit!r}")
+    from lingraft.evaluation.bpc import start_token_id
+    ids = [start_token_id(tokenizer), *tokenizer(text, add_special_tokens=False)["input_ids"]]
     cut = max_tokens is not None and len(ids) > max_tokens
     ids = ids[:max_tokens] if cut else ids
     return RenderedChat(ids, [0] + [1] * (len(ids) - 1), ["document"] if cut else [])

@@ -19,10 +19,11 @@ class SftPackConfig:
     chat_template: Path | None = field(default=None, metadata={
         "help": "a .jinja file to render with instead of the tokenizer's own template"})
     messages_field: str = field(default="messages", metadata={"help": "the JSON field holding the message list"})
-    text_field: str = field(default="text", metadata={
-        "help": "a record without messages but with this field is a plain document: every token but its first a target"})
+    text_field: str | None = field(default=None, metadata={
+        "help": "a record without messages but with this field is a plain document, every token a target "
+                "(replay text); unset: such records are skipped as missing_field"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unusable chat instead of skipping it"})
-    max_records: int | None = field(default=None, metadata={"help": "read at most this many chats (all inputs)"})
+    max_records: int | None = field(default=None, metadata={"help": "read at most this many records (all inputs)"})
     open_bins: int = field(default=64, metadata={
         "help": "samples filled at once (best fit); more packs tighter, each holds up to seq_len ids in memory"})
     shard_tokens: int = field(default=50_000_000, metadata={"help": "start a new shard after this many tokens"})
@@ -31,8 +32,8 @@ class SftPackConfig:
         require(bool(self.input), "input", "give at least one messages JSONL file")
         require(self.seq_len >= 8, "seq_len", f"must be >= 8, got {self.seq_len}")
         require(bool(self.messages_field), "messages_field", "must not be empty")
-        require(bool(self.text_field) and self.text_field != self.messages_field, "text_field",
-                "must not be empty or the messages field")
+        require(self.text_field is None or (bool(self.text_field) and self.text_field != self.messages_field),
+                "text_field", "must not be empty or the messages field")
         require(self.max_records is None or self.max_records > 0, "max_records", "must be > 0")
         require(self.open_bins >= 1, "open_bins", "must be >= 1")
         require(self.shard_tokens >= self.seq_len, "shard_tokens", "must be >= seq_len")

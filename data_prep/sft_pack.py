@@ -1,7 +1,8 @@
 """`lingraft prep sft`: chat JSONL -> packed shards whose loss mask selects the assistant answers.
 
-A record without messages but with a text field is a plain document (replay text mixed into
-the chats): every token but its first is a target (data_prep/chat.py: encode_document).
+With `text_field` set, a record without messages but with that field is a plain document
+(replay text mixed into the chats): the start token, then the text, every token of it a
+target (data_prep/chat.py: encode_document).
 
 Every conversation is rendered with the model's chat template and truncated to at most
 `seq_len` tokens (data_prep/chat.py), then conversations are packed into samples of
@@ -39,7 +40,7 @@ log = get_logger(__name__)
 STAGE = "prep.sft"
 
 
-def iter_examples(paths: list[str], messages_field: str, text_field: str, drops: DropLog,
+def iter_examples(paths: list[str], messages_field: str, text_field: str | None, drops: DropLog,
                   max_records: int | None = None) -> Iterator[tuple[str, Any, str]]:
     """("chat", messages, "path:line") or ("text", text, "path:line") for every JSONL record: a record
     with `messages_field` is a chat, one with only `text_field` a plain document; others go to `drops`."""
@@ -47,7 +48,7 @@ def iter_examples(paths: list[str], messages_field: str, text_field: str, drops:
     for where, record in itertools.islice(records, max_records):
         if isinstance(record, dict) and messages_field in record:
             yield "chat", record[messages_field], where
-        elif isinstance(record, dict) and text_field in record:
+        elif isinstance(record, dict) and text_field is not None and text_field in record:
             yield "text", record[text_field], where
         else:
             drops.drop("missing_field", where, json.dumps(record, ensure_ascii=False)[:80])

@@ -41,7 +41,8 @@ def sample_passages(cfg: PassageConfig, seed: int, drops: DropLog, exclude: Coll
                 reservoir[slot] = (index, passage)
     if not reservoir:
         raise LingraftError(f"{cfg.corpus}: no passages of {cfg.min_chars}-{cfg.max_chars} characters "
-                            f"in field {cfg.text_field!r} ({cfg.setting})")
+                            f"in field {cfg.text_field!r} ({cfg.setting})"
+                            + (f", besides the {len(exclude)} excluded" if exclude else ""))
     return [passage for _, passage in sorted(reservoir)]
 
 
@@ -55,5 +56,6 @@ def copy_examples(passages: list[str], phrasings: list[str], seed: int) -> list[
 
 
 def replay_examples(passages: list[str]) -> list[dict[str, Any]]:
-    """One plain-text record per passage (`prep sft` packs it as a document, every token a target)."""
+    """One plain-text record per passage (`prep sft --text-field text` packs it as a document, every
+    token of it a target)."""
     return [{"id": f"replay:{i}", "source": "replay", "text": text} for i, text in enumerate(passages)]

@@ -42,7 +42,7 @@ from lingraft.hf_folder import resolve_model
 from lingraft.errors import LingraftError
 from lingraft.log import get_logger
 from lingraft.manifest import new_manifest
-from lingraft.propagate.calibrate.config import CalibrateConfig
+from lingraft.propagate.calibrate.config import CalibrateConfig, PassageConfig
 from lingraft.propagate.calibrate.copy import copy_examples, replay_examples, sample_passages
 from lingraft.propagate.calibrate.filters import filter_answers
 from lingraft.propagate.calibrate.generate import (
@@ -91,6 +91,12 @@ def release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def warn_if_short(cfg: PassageConfig, got: int) -> None:
+    if got < cfg.count:
+        log.warning("%s: the corpus gave %d passages of %d-%d characters, fewer than %s.count=%d", cfg.setting, got,
+                    cfg.min_chars, cfg.max_chars, cfg.setting, cfg.count)
+
+
 def run_calibrate(cfg: CalibrateConfig) -> Path:
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -127,15 +133,14 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
     copies: list[dict[str, Any]] = []
     if cfg.copy.corpus is not None:
         copies = copy_examples(sample_passages(cfg.copy, cfg.seed, copy_drops), cfg.copy_phrasings(), cfg.seed)
-        if len(copies) < cfg.copy.count:
-            log.warning("copy tasks: the corpus gave %d passages of %d-%d characters, fewer than copy.count=%d",
-                        len(copies), cfg.copy.min_chars, cfg.copy.max_chars, cfg.copy.count)
+        warn_if_short(cfg.copy, len(copies))
 
     replay_drops = DropLog()
     replays: list[dict[str, Any]] = []
     if cfg.replay.corpus is not None:   # other passages than the copy tasks', even from the same corpus
         copied = {c["messages"][1]["content"] for c in copies}
         replays = replay_examples(sample_passages(cfg.replay, cfg.seed + 1, replay_drops, exclude=copied))
+        warn_if_short(cfg.replay, len(replays))
 
     examples = [answer_chat(r) for r in kept] + copies + replays
     random.Random(cfg.seed).shuffle(examples)

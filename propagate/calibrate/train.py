@@ -90,7 +90,7 @@ def run_training(cfg: CalibrateConfig, calibration: Path) -> dict[str, Any]:
 
     out = Path(cfg.out)
     sft = run_sft_pack(SftPackConfig(input=[Path(calibration)], tokenizer=str(cfg.model), out=out / SFT_DIR,
-                                     seq_len=cfg.train.seq_len))
+                                     seq_len=cfg.train.seq_len, text_field="text"))   # the replay records
     packed = read_manifest(sft)["metrics"]
     steps = cfg.train.max_steps or steps_for(packed["samples"], train_config(cfg, sft, 1), cfg.train.epochs)
     run_cfg = train_config(cfg, sft, steps)

@@ -130,6 +130,15 @@ def test_copy_examples_repeat_corpus_passages(shared):
     assert "Repeat" in built.copy_phrasings()[0]
 
 
+def test_replay_passages_exclude_the_copy_tasks(shared):
+    from lingraft.propagate.calibrate.config import ReplayConfig
+    cfg = ReplayConfig(corpus=str(shared / "ru_text" / "ud_russian_sentences.jsonl"), count=6, min_chars=30,
+                       max_chars=120, max_candidates=6)
+    every = sample_passages(cfg, 0, DropLog())           # count = candidates: the draw is all of them
+    assert len(every) == 6
+    assert sample_passages(cfg, 1, DropLog(), exclude=every[:4]) == every[4:]
+
+
 def test_language_without_preset_must_configure_script_and_phrasings():
     base = {"instruct": "m", "out": "o", "prompts": ["p.jsonl"], "train.enabled": False, "language": "kk"}
     with pytest.raises(ConfigError, match="script.scripts"):

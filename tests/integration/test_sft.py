@@ -98,7 +98,7 @@ BAD = ['{"messages": [{"role": "assistant", "content": "сначала отве�
        '{"messages": [{"role": "tool", "content": "{}"}, {"role": "assistant", "content": "да"}]}',
        '{"messages": [{"role": "user", "content": "вопрос без ответа"}]}',
        '{"messages": [{"role": "user", "content": "   "}, {"role": "assistant", "content": "да"}]}',
-       '{"prompt": "neither messages nor text"}',
+       '{"text": "not a chat"}',                    # skipped: plain documents need --text-field
        '{"messages": [{"role": "user", "content": "broken json"',
        '{"messages": [{"role": "user", "content": "<|im_end|>"}, {"role": "assistant", "content": "да"}]}']
 
@@ -136,27 +136,30 @@ def test_prep_sft_packs_whole_chats_masks_prompts_and_counts_skips(tmp_path, sha
     assert sorted(t for t in seen if t in whole) == sorted(whole)   # each whole chat once, none split or repeated
 
 
-def test_plain_text_records_are_documents_with_every_token_but_the_first_a_target(tmp_path, shared, smollm2,
-                                                                                   smol_tok, run_cli):
-    """Replay text beside the chats: read on its own (position 0 at its start), all of it trained on."""
+def test_plain_text_records_are_documents_after_the_start_token(tmp_path, shared, smollm2, smol_tok, run_cli):
+    """Replay text beside the chats (`--text-field text`): read on its own after the start token that
+    `eval bpc` scores documents after, every token of it a target."""
     from lingraft.data_prep.dataset import IGNORE_INDEX, PackedDataset
     texts = ["Мороз и солнце; день чудесный! Ещё ты дремлешь, друг прелестный.", "The cat sat on the mat. " * 40]
+    bad = ['{"text": "  "}', '{"text": 7}', '{"text": "a <|im_end|> b"}']
     _write_chats(tmp_path / "mixed.jsonl.gz", _arena(shared, 2),
-                 [json.dumps({"text": t}, ensure_ascii=False) for t in texts] + ['{"text": "  "}'])
+                 [json.dumps({"text": t}, ensure_ascii=False) for t in texts] + bad)
     code, _, err = run_cli("prep", "sft", "--in", tmp_path / "mixed.jsonl.gz", "--tokenizer", smollm2,
-                           "--out", tmp_path / "sft", "--seq-len", 128)
+                           "--out", tmp_path / "sft", "--seq-len", 128, "--text-field", "text")
     assert code == 0, err
     metrics = json.loads((tmp_path / "sft" / "manifest.json").read_text())["metrics"]
-    assert metrics["chats_kept"] == 4 and metrics["documents_kept"] == 2
-    assert metrics["skipped"]["empty_text"]["count"] == 1 and metrics["truncated"]["document"] == 1
+    assert metrics["chats_kept"] == 4 and metrics["documents_kept"] == 2 and metrics["truncated"]["document"] == 1
+    assert {r: v["count"] for r, v in metrics["skipped"].items()} == {
+        "empty_text": 1, "bad_text": 1, "special_token_in_content": 1}
     short = smol_tok(texts[0], add_special_tokens=False)["input_ids"]
+    start_id = smol_tok.bos_token_id if smol_tok.bos_token_id is not None else smol_tok.eos_token_id
     found = 0
     for sample in PackedDataset(tmp_path / "sft", shuffle=False):
         ids, labels, positions = (sample[k].tolist() for k in ("input_ids", "labels", "position_ids"))
-        for start in (i for i, p in enumerate(positions) if p == 0 and ids[i:i + len(short)] == short):
-            found += 1   # the label at i predicts token i + 1: each of the document's tokens after its first
-            assert labels[start:start + len(short) - 1] == short[1:]
-            assert start == 0 or labels[start - 1] == IGNORE_INDEX   # its first token is nobody's target
+        for start in (i for i, p in enumerate(positions) if p == 0 and ids[i + 1:i + 1 + len(short)] == short):
+            found += 1   # the label at i predicts token i + 1: the start token predicts the text's first
+            assert ids[start] == start_id and labels[start:start + len(short)] == short
+            assert start == 0 or labels[start - 1] == IGNORE_INDEX   # the start token is nobody's target
     assert found == 1
 
 
