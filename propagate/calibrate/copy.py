@@ -28,9 +28,10 @@ def sample_passages(cfg: PassageConfig, seed: int, drops: DropLog, exclude: Coll
     rng = random.Random(seed)
     candidates = paragraphs_of(iter_texts(cfg.corpus, cfg.text_field, drops=drops), cfg.min_chars, cfg.max_chars)
     seen: set[str] = set()
+    excluded = set(exclude)   # a membership test per candidate, up to max_candidates of them
     reservoir: list[tuple[int, str]] = []
     for index, passage in enumerate(islice(candidates, cfg.max_candidates)):
-        if passage in seen or passage in exclude:
+        if passage in seen or passage in excluded:
             continue
         seen.add(passage)
         if len(reservoir) < cfg.count:

@@ -130,16 +130,17 @@ def run_calibrate(cfg: CalibrateConfig) -> Path:
 
     # copy tasks
     copy_drops = DropLog()
+    copy_passages: list[str] = []
     copies: list[dict[str, Any]] = []
-    if cfg.copy.corpus is not None:
-        copies = copy_examples(sample_passages(cfg.copy, cfg.seed, copy_drops), cfg.copy_phrasings(), cfg.seed)
+    if cfg.copy.corpus is not None:   # the phrasings exist only then (a language without a preset)
+        copy_passages = sample_passages(cfg.copy, cfg.seed, copy_drops)
+        copies = copy_examples(copy_passages, cfg.copy_phrasings(), cfg.seed)
         warn_if_short(cfg.copy, len(copies))
 
     replay_drops = DropLog()
     replays: list[dict[str, Any]] = []
     if cfg.replay.corpus is not None:   # other passages than the copy tasks', even from the same corpus
-        copied = {c["messages"][1]["content"] for c in copies}
-        replays = replay_examples(sample_passages(cfg.replay, cfg.seed + 1, replay_drops, exclude=copied))
+        replays = replay_examples(sample_passages(cfg.replay, cfg.seed + 1, replay_drops, exclude=copy_passages))
         warn_if_short(cfg.replay, len(replays))
 
     examples = [answer_chat(r) for r in kept] + copies + replays
