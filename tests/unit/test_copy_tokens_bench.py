@@ -1,0 +1,42 @@
+"""bench/copy_tokens.py: the per-class counts and which rows are new."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import torch
+
+from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
+from tests.conftest import REPO
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("copy_tokens", REPO / "bench" / "copy_tokens.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_class_stats_count_top1_logprob_and_new_confusions():
+    bench = load_bench()
+    logprobs = torch.log(torch.tensor([[0.7, 0.2, 0.1],     # target 0: right
+                                       [0.1, 0.3, 0.6],     # target 1: wrong, top-1 is token 2
+                                       [0.5, 0.4, 0.1]]))   # target 1: wrong, top-1 is token 0
+    is_new = torch.tensor([False, False, True])
+    stats = bench.ClassStats()
+    stats.add(logprobs, torch.tensor([0, 1, 1]), is_new[logprobs.argmax(-1)])
+    summary = stats.summary()
+    assert summary["tokens"] == 3
+    assert summary["top1_right"] == round(1 / 3, 4)
+    assert abs(summary["mean_logprob"] - float(torch.log(torch.tensor([0.7, 0.3, 0.4])).mean())) < 1e-4
+    assert summary["wrong_top1_is_new"] == 0.5   # of the two wrong top-1s, one is a new token
+
+
+def test_new_rows_come_from_the_token_map_and_none_without_one(tmp_path):
+    bench = load_bench()
+    TokenMap.from_rows([{0: 1.0}, {1: 1.0}, {0: 0.5, 1: 0.5}, {}], ["kept", "special", "mean", "fallback"],
+                       old_vocab=2).save(tmp_path / TOKEN_MAP_NAME)
+    # Padding rows past the map (a table padded to a multiple) are not counted as new.
+    assert bench.new_row_mask(tmp_path, 6).tolist() == [False, False, True, True, False, False]
+    assert not bench.new_row_mask(tmp_path / "no_map", 6).any()
