@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from lingraft.evaluation.config import CopyEvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ru_text" / "ud_russian_sentences.jsonl"
@@ -58,12 +61,12 @@ def new_row_mask(model_dir: Path, vocab_size: int) -> torch.Tensor:
     return mask
 
 
-def measure(spec: str, items: list[str], prompt: str, examples: int) -> dict:
+def measure(spec: str, cfg: "CopyEvalConfig", items: list[str], examples: int) -> dict:
     from lingraft.evaluation.generation import chat_prompt_ids
     from lingraft.evaluation.models import load_model
-    loaded = load_model(spec)
-    tok, model = loaded.tokenizer, loaded.model
-    is_new = new_row_mask(Path(spec.split("=", 1)[-1]), model.get_output_embeddings().weight.shape[0])
+    loaded = load_model(spec, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.seed)
+    tok, model, prompt = loaded.tokenizer, loaded.model, cfg.prompt
+    is_new = new_row_mask(loaded.folder, model.get_output_embeddings().weight.shape[0])
     stats = {"new": ClassStats(), "old": ClassStats()}
     confusions: list[str] = []
     for item in items:
@@ -81,19 +84,18 @@ def measure(spec: str, items: list[str], prompt: str, examples: int) -> dict:
 
 
 def main() -> None:
-    from lingraft.data_prep.readers import iter_texts
-    from lingraft.evaluation.config import CopyEvalConfig
+    from lingraft.evaluation.config import CopyEvalConfig, DataSet
+    from lingraft.evaluation.copy_task import load_set
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="name=path of each chat model")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSONL of sentences (field `text`)")
     ap.add_argument("--items", type=int, default=48, help="the first N sentences, as `eval copy --max-items`")
     ap.add_argument("--examples", type=int, default=12, help="wrong new-token predictions printed per model")
     args = ap.parse_args()
-    prompt = CopyEvalConfig.__dataclass_fields__["prompt"].default   # the prompt `eval copy` asks with
-    items = list(islice((t.strip() for t in iter_texts(str(args.data), "text") if t.strip()), args.items))
-    if not items:
-        raise SystemExit(f"{args.data}: no sentences in field 'text'")
-    results = [measure(spec, items, prompt, args.examples) for spec in args.models]
+    # `eval copy`'s own config: its prompt, loading and items (the first sentences); nothing is written to `out`.
+    cfg = CopyEvalConfig(model=args.models, out=Path("unused"), sentences=[DataSet(path=args.data)], max_items=args.items)
+    items = load_set(cfg.sentences[0], "sentence", cfg).items
+    results = [measure(spec, cfg, items, args.examples) for spec in cfg.model]
     print("| model | new tokens | top-1 right | mean log-prob | old tokens | top-1 right | mean log-prob |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
