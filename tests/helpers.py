@@ -16,6 +16,35 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+# -- packed folders ----------------------------------------------------------------------------
+PACK_SEQ_LEN = 16
+PACK_FINGERPRINT = "ab" * 32
+PACK_EOS = 0
+
+
+def build_packed_folder(folder: Path, shards: list[list[tuple]], vocab: int = 1000, bos_id: int | None = None,
+                        sample_start: str = "stream") -> Path:
+    """A packed folder written through the format API, as any packing stage would: each shard a list
+    of (ids, loss mask or None) documents, each document closed by PACK_EOS."""
+    from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
+    from lingraft.manifest import new_manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab)
+    records = []
+    for k, docs in enumerate(shards):
+        builder = ShardBuilder(dtype, bos_id=bos_id, eos_id=PACK_EOS)
+        for ids, mask in docs:
+            builder.add(ids, mask=mask, source="synthetic")
+        records.append(builder.write(folder, shard_name(k), PACK_SEQ_LEN, sample_start))
+    manifest = new_manifest("test.pack", {})
+    manifest.outputs = packed_outputs(records, tokenizer={"spec": "test", "fingerprint": PACK_FINGERPRINT,
+                                                          "vocab_size": vocab},
+                                      dtype=dtype.name, seq_len=PACK_SEQ_LEN, sample_start=sample_start,
+                                      bos_id=bos_id, eos_id=PACK_EOS)
+    manifest.write(folder)
+    return folder
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def save_tiny_llama(folder: Path, vocab: int, tied: bool, shard: str | None = "40KB", seed: int = 0,
                     hidden_size: int = 32) -> Path:

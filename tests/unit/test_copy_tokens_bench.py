@@ -48,14 +48,14 @@ def test_count_bins_and_the_counts_of_a_packed_folder(tmp_path):
     import numpy as np
 
     from lingraft.errors import LingraftError
-    from tests.unit.test_packed_dataset import EOS, build_folder
+    from tests.helpers import PACK_EOS, build_packed_folder
     bench = load_bench()
     assert [bench.count_bin(c) for c in (0, 1, 9, 10, 99, 100, 999, 1000, 10**6)] == [
         "0-0", "1-9", "1-9", "10-99", "10-99", "100-999", "100-999", "1000+", "1000+"]
     docs = [[(np.array([5, 5, 7]), None), (np.array([7, 9]), None)], [(np.array([5]), None)]]
-    counts = bench.pack_token_counts(build_folder(tmp_path / "pack", docs, vocab=12))
+    counts = bench.pack_token_counts(build_packed_folder(tmp_path / "pack", docs, vocab=12))
     expected = np.zeros(12, dtype=np.int64)
-    expected[[5, 7, 9, EOS]] = [3, 2, 1, 3]        # each document ends with EOS; both shards count
+    expected[[5, 7, 9, PACK_EOS]] = [3, 2, 1, 3]        # each document ends with EOS; both shards count
     assert counts.tolist() == expected.tolist()
     with pytest.raises(LingraftError, match="manifest"):
         bench.pack_token_counts(tmp_path / "not_a_pack")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from lingraft.data_prep.dataset import IGNORE_INDEX, PackedDataset
-from lingraft.data_prep.packed_format import ShardBuilder, packed_outputs, shard_name, token_dtype
+from lingraft.data_prep.packed_format import ShardBuilder
 from lingraft.errors import LingraftError
-from lingraft.manifest import new_manifest
-
-SEQ_LEN = 16
-FINGERPRINT = "ab" * 32
-EOS = 0
+from tests.helpers import PACK_EOS as EOS
+from tests.helpers import PACK_FINGERPRINT as FINGERPRINT
+from tests.helpers import PACK_SEQ_LEN as SEQ_LEN
+from tests.helpers import build_packed_folder as build_folder
 
 
 def _random_docs(rng: np.random.Generator, n: int, vocab: int, masked: bool = False) -> list[tuple]:
@@ -28,26 +26,6 @@ def _random_docs(rng: np.random.Generator, n: int, vocab: int, masked: bool = Fa
             mask = (np.arange(len(ids)) >= len(ids) // 2).astype(np.uint8)
         docs.append((ids, mask))
     return docs
-
-
-def build_folder(folder: Path, shards: list[list[tuple]], vocab: int = 1000, bos_id: int | None = None,
-                 sample_start: str = "stream") -> Path:
-    """A packed folder written through the format API, as any packing stage would."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(vocab)
-    records = []
-    for k, docs in enumerate(shards):
-        builder = ShardBuilder(dtype, bos_id=bos_id, eos_id=EOS)
-        for ids, mask in docs:
-            builder.add(ids, mask=mask, source="synthetic")
-        records.append(builder.write(folder, shard_name(k), SEQ_LEN, sample_start))
-    manifest = new_manifest("test.pack", {})
-    manifest.outputs = packed_outputs(records, tokenizer={"spec": "test", "fingerprint": FINGERPRINT,
-                                                          "vocab_size": vocab},
-                                      dtype=dtype.name, seq_len=SEQ_LEN, sample_start=sample_start,
-                                      bos_id=bos_id, eos_id=EOS)
-    manifest.write(folder)
-    return folder
 
 
 def _streams(shards: list[list[tuple]], bos_id: int | None = None):
