@@ -64,6 +64,9 @@ def count_bin(count: int) -> str:
     return f"{lower}+" if upper is None else f"{lower}-{upper - 1}"
 
 
+COUNT_BINS = [count_bin(edge) for edge in (0, *COUNT_EDGES)]
+
+
 def pack_token_counts(folder: Path) -> np.ndarray:
     """How often each token id occurs in a packed folder (`lingraft prep pack`), all shards."""
     from lingraft.data_prep.dataset import PackedDataset
@@ -99,7 +102,7 @@ def measure(spec: str, cfg: "CopyEvalConfig", items: list[str], examples: int,
     if counts is not None and is_new.any() and len(tok) != counts.size:
         raise SystemExit(f"{loaded.name}: a vocabulary of {len(tok)} ids, but --counts was packed with {counts.size}")
     stats = {"new": ClassStats(), "old": ClassStats()}
-    by_count: dict[str, ClassStats] = {count_bin(edge): ClassStats() for edge in (0, *COUNT_EDGES)}
+    by_count = {name: ClassStats() for name in COUNT_BINS}
     confusions: list[str] = []
     for item in items:
         prompt_ids = chat_prompt_ids(tok, prompt.replace("{text}", item))
@@ -149,11 +152,10 @@ def main() -> None:
                   + ", ".join(r["confusions"]))
     if counts is not None:
         print(f"\nnew tokens by their count in {args.counts}: answer positions, top-1 right, mean log-prob")
-        bins = [count_bin(edge) for edge in (0, *COUNT_EDGES)]
-        print("| model | " + " | ".join(bins) + " |")
-        print("|---|" + "---:|" * len(bins))
+        print("| model | " + " | ".join(COUNT_BINS) + " |")
+        print("|---|" + "---:|" * len(COUNT_BINS))
         for r in results:
-            cells = (r["new_by_count"][b] for b in bins)
+            cells = (r["new_by_count"][b] for b in COUNT_BINS)
             print(f"| {r['model']} | " + " | ".join(f"{v['tokens']}, {v['top1_right']:.3f}, {v['mean_logprob']:.2f}"
                                                  if v["tokens"] else "–" for v in cells) + " |")
     print(json.dumps({"items": len(items), "data": str(args.data), "results": results}, ensure_ascii=False))

@@ -1,14 +1,17 @@
-"""bench/copy_tokens.py: the per-class counts and which rows are new."""
+"""bench/copy_tokens.py: the per-class counts, which rows are new, and token counts of a packed mix."""
 from __future__ import annotations
 
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from lingraft.errors import LingraftError
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 from tests.conftest import REPO
+from tests.helpers import PACK_EOS, build_packed_folder
 
 
 def load_bench():
@@ -43,12 +46,7 @@ def test_new_rows_come_from_the_token_map_and_none_without_one(tmp_path):
     assert not bench.new_row_mask(tmp_path / "no_map", 6).any()
 
 
-
 def test_count_bins_and_the_counts_of_a_packed_folder(tmp_path):
-    import numpy as np
-
-    from lingraft.errors import LingraftError
-    from tests.helpers import PACK_EOS, build_packed_folder
     bench = load_bench()
     assert [bench.count_bin(c) for c in (0, 1, 9, 10, 99, 100, 999, 1000, 10**6)] == [
         "0-0", "1-9", "1-9", "10-99", "10-99", "100-999", "100-999", "1000+", "1000+"]
