@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
 from lingraft.data_prep.compressed import CorruptFileError, open_binary
-from lingraft.data_prep.records import Document, DropLog
+from lingraft.data_prep.records import MISSING, Document, DropLog, field_value
 from lingraft.config import DatasetRef, require
 from lingraft.errors import LingraftError
 from lingraft.manifest import MANIFEST_NAME
@@ -35,7 +35,7 @@ class SourceConfig:
     path: DatasetRef                   # a file, a folder of files, or (format: hf) a hub id / local dataset
     name: str = ""                     # label in manifests; defaults to the file stem
     format: SourceFormat = "auto"
-    text_field: str = "text"
+    text_field: str = "text"           # JSONL may name a dotted path: `messages.1.content` (a chat's answer)
     weight: float = 1.0                # share of the mixed output, by characters
     split: str = "train"               # format: hf only
     hf_config: str | None = None       # format: hf only (the dataset's configuration name)
@@ -167,13 +167,13 @@ def read_jsonl(path: Path, src: SourceConfig, drops: DropLog) -> Iterator[Docume
             except json.JSONDecodeError:
                 drops.drop("invalid_json", where, line)
                 continue
-            if not isinstance(record, dict) or src.text_field not in record:
+            text = field_value(record, src.text_field) if isinstance(record, dict) else MISSING
+            if text is MISSING:
                 drops.drop("missing_field", where, line)
                 continue
             if not _selected(record, src):
                 drops.skip("filtered_by_metadata", where, line)
                 continue
-            text = record[src.text_field]
             if not isinstance(text, str):
                 drops.drop("non_string_field", where, line)
                 continue

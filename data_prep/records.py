@@ -9,7 +9,25 @@ from lingraft.errors import DataError
 from lingraft.log import get_logger
 
 EXAMPLE_CHARS = 160
+MISSING = object()    # what `field_value` returns for a path the record does not have
 log = get_logger(__name__)
+
+
+def field_value(record: Any, path: str) -> Any:
+    """`record` at a dotted path (`messages.1.content`; list steps are indices, negative ones
+    count from the end); `MISSING` when any step is absent. A key that itself holds a dot is
+    found whole first."""
+    if isinstance(record, dict) and path in record:
+        return record[path]
+    node = record
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return MISSING
+    return node
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from lingraft.data_prep.readers import iter_json_lines, open_binary
-from lingraft.data_prep.records import DropLog
+from lingraft.data_prep.records import MISSING, DropLog, field_value
 from lingraft.evaluation.generation import chat_prompt_ids
 from lingraft.errors import LingraftError
 from lingraft.propagate.calibrate.config import PromptSourceConfig
@@ -27,28 +27,12 @@ from lingraft.propagate.calibrate.config import PromptSourceConfig
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-_MISSING = object()
-
-
 @dataclass(frozen=True)
 class Prompt:
     id: str
     source: str
     text: str
     where: str        # file:line or file[index], for messages
-
-
-def field_value(record: Any, path: str) -> Any:
-    """`record` at a dotted path (`messages.0.content`); `_MISSING` when any step is absent."""
-    node = record
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
 
 
 def read_records(path: str, drops: DropLog) -> Iterator[tuple[str, Any]]:
@@ -91,20 +75,20 @@ def load_prompts(sources: list[PromptSourceConfig], drops: DropLog) -> list[Prom
             if src.limit is not None and taken >= src.limit:
                 break
             text = field_value(record, src.prompt_field)
-            if text is _MISSING:
+            if text is MISSING:
                 drops.drop("prompt_missing_field", where, record)
                 continue
             if not isinstance(text, str):
                 drops.drop("prompt_not_a_string", where, record)
                 continue
-            extra = field_value(record, src.input_field) if src.input_field else _MISSING
+            extra = field_value(record, src.input_field) if src.input_field else MISSING
             if isinstance(extra, str) and extra.strip():
                 text = f"{text.rstrip()}\n\n{extra.strip()}"
             if not text.strip():
                 drops.drop("prompt_empty", where, record)
                 continue
             key = field_value(record, src.id_field) if src.id_field else number
-            if key is _MISSING or isinstance(key, (dict, list)):
+            if key is MISSING or isinstance(key, (dict, list)):
                 drops.drop("prompt_missing_id", where, record)
                 continue
             pid = f"{src.name}:{key}"

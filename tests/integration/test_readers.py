@@ -70,6 +70,21 @@ def test_jsonl_text_field_and_bad_records_are_counted_with_location(tmp_path):
     assert drops.examples["invalid_utf8"][0]["where"] == f"{path}:6"
 
 
+def test_jsonl_text_field_may_be_a_dotted_path_into_a_chat(tmp_path):
+    records = [
+        {"messages": [{"role": "user", "content": "вопрос"}, {"role": "assistant", "content": "ответ один"}]},
+        {"messages": [{"role": "user", "content": "вопрос без ответа"}]},     # no messages.1
+        {"messages.1.content": "a key with dots is found whole"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ответ два"}]},
+    ]
+    path = _write(tmp_path / "chats.jsonl", _jsonl_bytes(records))
+    drops = DropLog()
+    texts = _read(SourceConfig(path=str(path), text_field="messages.1.content"), drops)
+    assert texts == ["ответ один", "a key with dots is found whole", "ответ два"]
+    assert dict(drops.counts) == {"missing_field": 1}
+    assert drops.examples["missing_field"][0]["where"] == f"{path}:2"
+
+
 def _damaged(path: Path, damage: str) -> Path:
     """A compressed JSONL file of many records, cut in half or with a run of zeroed bytes in its middle."""
     records = [{"text": f"запись номер {i}, " * 8 + str(i * 7919 % 1000)} for i in range(3000)]
