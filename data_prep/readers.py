@@ -8,6 +8,7 @@ the damage. Readers never normalise or filter: that is cleaning's job.
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +45,23 @@ class SourceConfig:
     # `exclude: {author: [Blok]}` for training, `include: {author: [Blok]}` for its evaluation text.
     include: dict[str, list[str]] = field(default_factory=dict)   # keep only records with a listed value
     exclude: dict[str, list[str]] = field(default_factory=dict)   # leave out records with a listed value
+    # A capped mix reads a source from its start, so a corpus of long works ordered by author
+    # (RusLit: a novel per record) would give one author. `chunk_chars` cuts every document at
+    # line breaks into passages of about that many characters, and `sample_rate` keeps each
+    # document (each passage) with that probability, seeded: the mix then draws from the whole
+    # source. Sampled-out documents are counted as `sampled_out` in the manifest.
+    chunk_chars: int | None = None
+    sample_rate: float = 1.0
+    sample_seed: int = 0
 
     def __post_init__(self) -> None:
         require(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
         for key in ("include", "exclude"):
             for name, values in getattr(self, key).items():
                 require(bool(values), f"{key}.{name}", "list at least one value")
+        require(self.chunk_chars is None or self.chunk_chars >= 1, "chunk_chars",
+                f"must be >= 1 (or unset), got {self.chunk_chars}")
+        require(0 < self.sample_rate <= 1, "sample_rate", f"must be in (0, 1], got {self.sample_rate}")
         if not self.name:
             self.name = _stem(self.path)
 
@@ -318,8 +330,44 @@ def read_hf(src: SourceConfig, drops: DropLog) -> Iterator[Document]:
 
 
 def iter_documents(src: SourceConfig, drops: DropLog | None = None) -> Iterator[Document]:
-    """Every document of one source, in file order."""
+    """Every document of one source, in file order: cut into passages and sampled when the
+    source asks for it (`chunk_chars`, `sample_rate`)."""
     drops = drops if drops is not None else DropLog()
+    documents = _read_documents(src, drops)
+    if src.chunk_chars is not None:
+        documents = (piece for doc in documents for piece in _passages(doc, src.chunk_chars))
+    if src.sample_rate < 1:
+        documents = _sampled(documents, src.sample_rate, src.sample_seed, drops)
+    yield from documents
+
+
+def split_at_lines(text: str, chars: int) -> Iterator[str]:
+    """`text` in consecutive pieces of at least `chars` characters (the last may be shorter), each
+    ending at a line break; a line longer than `chars` is never cut. Joined, the pieces are `text`."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + chars - 1)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def _passages(doc: Document, chars: int) -> Iterator[Document]:
+    for k, piece in enumerate(split_at_lines(doc.text, chars)):
+        if piece.strip():
+            yield Document(text=piece, source=doc.source, where=f"{doc.where}#{k}")
+
+
+def _sampled(documents: Iterator[Document], rate: float, seed: int, drops: DropLog) -> Iterator[Document]:
+    draw = random.Random(seed).random
+    for doc in documents:
+        if draw() < rate:
+            yield doc
+        else:
+            drops.skip("sampled_out", doc.where, doc.text)
+
+
+def _read_documents(src: SourceConfig, drops: DropLog) -> Iterator[Document]:
     fmt = detect_format(src.path) if src.format == "auto" else src.format
     if (src.include or src.exclude) and fmt != "jsonl":
         raise LingraftError(f"{src.path}: include/exclude filter JSONL records by field; this source is {fmt}")

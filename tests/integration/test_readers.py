@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lingraft.data_prep.readers import SourceConfig, detect_format, iter_documents, iter_json_lines, iter_texts
+from lingraft.data_prep.readers import (SourceConfig, detect_format, iter_documents, iter_json_lines, iter_texts,
+                                        split_at_lines)
 from lingraft.data_prep.records import DropLog
 from lingraft.errors import DataError, LingraftError
 
@@ -83,6 +84,36 @@ def test_jsonl_text_field_may_be_a_dotted_path_into_a_chat(tmp_path):
     assert texts == ["ответ один", "a key with dots is found whole", "ответ два"]
     assert dict(drops.counts) == {"missing_field": 1}
     assert drops.examples["missing_field"][0]["where"] == f"{path}:2"
+
+
+def test_split_at_lines_cuts_only_at_line_breaks_and_loses_nothing():
+    text = "a" * 10 + "\n" + "b" * 3 + "\n" + "c" * 25 + "\nd"
+    pieces = list(split_at_lines(text, 12))
+    assert "".join(pieces) == text
+    assert pieces == ["a" * 10 + "\n" + "b" * 3 + "\n", "c" * 25 + "\n", "d"]   # a long line is kept whole
+    assert list(split_at_lines("one line", 3)) == ["one line"]
+
+
+def test_long_records_are_cut_into_passages_and_sampled_reproducibly(tmp_path):
+    works = [{"author": a, "text": "\n".join(f"{a} строка {i}" for i in range(400))} for a in ("A", "B", "C")]
+    path = _write(tmp_path / "works.jsonl", _jsonl_bytes(works))
+    whole = list(iter_documents(SourceConfig(path=str(path), chunk_chars=500)))
+    assert len(whole) > 3 * 10 and whole[0].where == f"{path}:1#0" and whole[-1].where.startswith(f"{path}:3#")
+    assert "".join(d.text for d in whole if d.where.startswith(f"{path}:2#")) == works[1]["text"]
+    drops = DropLog()
+    sampled = list(iter_documents(SourceConfig(path=str(path), chunk_chars=500, sample_rate=0.3), drops))
+    assert 0.15 * len(whole) < len(sampled) < 0.45 * len(whole)
+    assert {d.text[0] for d in sampled} == {"A", "B", "C"}         # drawn from the whole source, not its start
+    assert drops.counts["sampled_out"] == len(whole) - len(sampled)
+    again = list(iter_documents(SourceConfig(path=str(path), chunk_chars=500, sample_rate=0.3)))
+    other = list(iter_documents(SourceConfig(path=str(path), chunk_chars=500, sample_rate=0.3, sample_seed=1)))
+    assert [d.where for d in again] == [d.where for d in sampled] != [d.where for d in other]
+
+
+@pytest.mark.parametrize("bad", [{"sample_rate": 0.0}, {"sample_rate": 1.5}, {"chunk_chars": 0}])
+def test_bad_chunking_or_sampling_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SourceConfig(path="x.jsonl", **bad)
 
 
 def _damaged(path: Path, damage: str) -> Path:
