@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import lzma
 import re
 import subprocess
 import sys
@@ -161,6 +162,28 @@ def test_demo_preset_validates(monkeypatch, shared, smollm2):
         assert str(propagate.instruct) == str(stages["instruct"].config.out) != str(smollm2)
     heldout = stages["heldout_author"].config.sources[0].include
     assert stages["clean"].config.sources[0].exclude == heldout == {"author": ["Blok"]}
+
+
+def test_demo_mix_draws_its_literature_from_every_training_author(monkeypatch, shared, smollm2):
+    """RusLit holds a work per record, ordered by author: the demo's source cuts and samples it, so
+    that the RusLit share of its capped mix, taken in stream order as the mixer takes it, reaches
+    every author but the held-out one (unsampled, the 3M-character mix was all Bryusov)."""
+    from lingraft.data_prep.readers import iter_documents
+    from lingraft.pipeline import plan
+    monkeypatch.setenv("LINGRAFT_SHARED", str(shared))
+    clean = plan(build_config(PipelineConfig, REPO / "configs" / "demo.yaml"))[0].config
+    ruslit = next(s for s in clean.sources if s.name == "ruslit")
+    with lzma.open(shared / "ru_text" / "ruslit.jsonl.xz", "rt", encoding="utf-8") as fh:
+        author_of_line = {n: json.loads(line)["author"] for n, line in enumerate(fh, 1)}
+    budget = ruslit.weight / sum(s.weight for s in clean.sources) * clean.mix.max_chars
+    taken: dict[str, int] = {}
+    for doc in iter_documents(ruslit):
+        line = int(doc.where.rsplit(":", 1)[1].split("#")[0])
+        taken[author_of_line[line]] = taken.get(author_of_line[line], 0) + len(doc.text)
+        if sum(taken.values()) >= budget:
+            break
+    assert set(taken) == set(author_of_line.values()) - {"Blok"}, taken
+    assert max(taken.values()) < 0.4 * sum(taken.values())
 
 
 def _cluster_env(monkeypatch, shared, tmp_path) -> None:
