@@ -9,8 +9,11 @@ unreachable master or a host that never starts becomes a one-line error after
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 
@@ -122,3 +125,19 @@ def shutdown(wait_for_peers: bool = True) -> None:
         if wait_for_peers:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a process with `code` once its work is written and its group shut (`shutdown`).
+
+    A rank that a launcher started leaves without the interpreter's finalisation. There, objects
+    that still hold gloo's worker threads (a DeepSpeed engine's groups) are destroyed in no set
+    order, and a rank whose work is done and written can abort at random ("terminate called
+    without an active exception", exit 250 or 134), failing a run that succeeded. Logs and
+    streams are flushed first. A process no launcher started exits normally."""
+    if not launched_distributed():
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

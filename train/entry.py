@@ -12,7 +12,6 @@ so no launcher has to be on PATH. Any config key can be overridden: ``--max-step
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lingraft.cli import add_config_flags, run_command
 from lingraft.train.commands import TRAIN
@@ -34,4 +33,5 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lingraft.train.dist import exit_rank
+    exit_rank(main())

@@ -76,7 +76,8 @@ def check(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lingraft.train.dist import shutdown
+    from lingraft.train.dist import exit_rank, shutdown
     for arg in (a for a in sys.argv[1:] if not a.startswith("--local_rank")):
         check(Path(arg))
     shutdown()
+    exit_rank(0)
