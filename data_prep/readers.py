@@ -3,7 +3,9 @@
 Every reader yields `Document`s and reports bad records (invalid JSON or UTF-8, missing
 or non-string fields, empty texts) to a `DropLog` with their location; a file that cannot be
 read to its end (truncated or corrupt) is dropped whole, by name, after the records read before
-the damage. Readers never normalise or filter: that is cleaning's job.
+the damage. Readers never normalise or filter by content: that is cleaning's job. They only
+select what the source config asks for (`include`/`exclude` by metadata, a seeded `sample_rate`),
+counting what they leave out.
 """
 from __future__ import annotations
 
