@@ -134,9 +134,13 @@ def exit_rank(code: int) -> NoReturn:
     that still hold gloo's worker threads (a DeepSpeed engine's groups) are destroyed in no set
     order, and a rank whose work is done and written can abort at random ("terminate called
     without an active exception", exit 250 or 134), failing a run that succeeded. Logs and
-    streams are flushed first. A process no launcher started exits normally."""
+    streams are flushed first, and MPI, if mpi4py started it, is finalised (mpirun counts a rank
+    that leaves without `MPI_Finalize` as failed). A process no launcher started exits normally."""
     if not launched_distributed():
         sys.exit(code)
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
