@@ -152,7 +152,7 @@ def worker(config_path: Path, result: Path, before: bool, steps: int) -> None:
     from lingraft.config import build_config
     from lingraft.train.backends import build_backend
     from lingraft.train.config import TrainConfig
-    from lingraft.train.dist import exit_rank, init_distributed, shutdown
+    from lingraft.train.dist import exit_rank, init_distributed
     from lingraft.train.model_setup import apply_trainable, build_model, load_model, resolve_runtime, weights_dtype
     from lingraft.train.rank_bytes import held_bytes
     cfg = build_config(TrainConfig, config_path)
@@ -183,7 +183,6 @@ def worker(config_path: Path, result: Path, before: bool, steps: int) -> None:
         out.update(collectives_per_step={k: {"calls": c, "bytes": b} for k, (c, b) in sorted(counter.counts.items())},
                    held_after_steps=held_bytes(backend.model, backend.optimizer), peak_rss_after_steps=peak_rss())
     result.with_name(f"{result.stem}_rank{dist.rank}.json").write_text(json.dumps(out))
-    shutdown()
     exit_rank(0)
 
 

@@ -128,7 +128,8 @@ def shutdown(wait_for_peers: bool = True) -> None:
 
 
 def exit_rank(code: int) -> NoReturn:
-    """End a process with `code` once its work is written and its group shut (`shutdown`).
+    """End a process with `code` once its work is written: its group is shut first (`shutdown`,
+    waiting for peers only when `code` is 0; nothing to do if the caller shut it).
 
     A rank that a launcher started leaves without the interpreter's finalisation. There, objects
     that still hold gloo's worker threads (a DeepSpeed engine's groups) are destroyed in no set
@@ -136,6 +137,7 @@ def exit_rank(code: int) -> NoReturn:
     without an active exception", exit 250 or 134), failing a run that succeeded. Logs and
     streams are flushed first, and MPI, if mpi4py started it, is finalised (mpirun counts a rank
     that leaves without `MPI_Finalize` as failed). A process no launcher started exits normally."""
+    shutdown(wait_for_peers=code == 0)
     if not launched_distributed():
         sys.exit(code)
     mpi = sys.modules.get("mpi4py.MPI")

@@ -76,8 +76,7 @@ def check(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lingraft.train.dist import exit_rank, shutdown
+    from lingraft.train.dist import exit_rank
     for arg in (a for a in sys.argv[1:] if not a.startswith("--local_rank")):
         check(Path(arg))
-    shutdown()
     exit_rank(0)

@@ -20,13 +20,12 @@ def main(argv: list[str]) -> None:
     from lingraft.config import build_config
     from lingraft.log import setup_logging
     from lingraft.train.config import TrainConfig
-    from lingraft.train.dist import exit_rank, shutdown
+    from lingraft.train.dist import exit_rank
     from lingraft.train.loop import train
     setup_logging()
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment.
     for path in (a for a in argv if not a.startswith("--local_rank")):
         train(build_config(TrainConfig, Path(path)))
-    shutdown()
     exit_rank(0)
 
 
