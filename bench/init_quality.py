@@ -1,26 +1,31 @@
 """Initialisation quality on real weights: every init method, right after init and after N training steps.
 
 SmolLM2-135M-Instruct (B) with the demo's Extended vocabulary. For each method this runs
-`lingraft init`, scores bits per character on held-out UD Russian, the held-out author and
-English FineWeb, then trains the new rows for `--steps` steps (the demo's train settings) and
-scores again. Every figure is a ratio to B measured in the same run; wall time is init's own.
+the demo config's `init` stage with that method, scores bits per character on held-out UD
+Russian, the held-out author and English FineWeb, then runs the config's `train` stage (the
+new rows, its objective, learning rate and precision) for `--steps` steps and scores again.
+Every figure is a ratio to B measured in the same run; wall time is init's own.
 
 Needs the demo's data stages (clean, heldout_author, extended, pack):
 
     .venv/bin/lingraft pipeline --config configs/demo.yaml --until init
-    .venv/bin/python bench/init_quality.py [--work runs/demo] [--methods mean,distill] [--steps 50]
+    .venv/bin/python bench/init_quality.py [--config configs/demo.yaml] [--methods mean,distill] [--steps 50]
 
 Prints a table, then one JSON line with every number.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LINGRAFT_SHARED", REPO.parent / "shared" / "data"))
@@ -49,22 +54,48 @@ def bpc(model: str, sets: dict[str, str], max_chars: int, out: Path) -> dict[str
     return {r.label: r.metrics["bits_per_char"] for r in read_results(out)}
 
 
-def init_args(method: str, work: Path, model: str) -> list[str]:
-    args = ["init", "--model", model, "--tokenizer", work / "extended", "--method", method, "--pad-to-multiple", 1]
-    return args + (["--corpus", work / "clean"] if method == "distill" else [])
+def demo_stages(config: Path, work: Path) -> dict[str, Any]:
+    """The demo pipeline's resolved stage configs, its work folder moved to `work`."""
+    from lingraft.config import build_config
+    from lingraft.pipeline import PipelineConfig, plan
+    os.environ.setdefault("LINGRAFT_SHARED", str(SHARED))
+    pipeline = dataclasses.replace(build_config(PipelineConfig, config), work_dir=work)
+    return {stage.spec.name: stage.config for stage in plan(pipeline)}
 
 
-def train_and_export(init_dir: Path, work: Path, out: Path, steps: int) -> Path:
-    lingraft("train", "--model", init_dir, "--data", work / "pack", "--out", out / "train", "--max-steps", steps,
-             "--backend", "local", "--trainable", "new_rows", "--micro-batch-size", 4, "--grad-accum-steps", 1,
-             "--set", "optim.lr=1e-3", "--set", "optim.warmup_steps=10", "--set", "log.plot=false",
-             "--set", "log.tensorboard=false", "--set", f"checkpoint.every_steps={steps}")
+def run_stage(command: str, stage: Any, changes: dict[str, Any], folder: Path) -> float:
+    """`lingraft COMMAND --config` with a stage's config, `changes` on top; returns the wall time."""
+    from lingraft.config import to_dict
+    tree = to_dict(stage)
+    for key, value in changes.items():
+        node, *path = tree, *key.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{command}.yaml"
+    config.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    return lingraft(command, "--config", config)
+
+
+def init_changes(method: str, out: Path) -> dict[str, Any]:
+    """The demo's init stage as `method` into `out`; the corpus stays only where the method reads one."""
+    from lingraft.vocabulary.init_config import CORPUS_METHODS
+    return {"method": method, "out": str(out)} | ({} if method in CORPUS_METHODS else {"corpus": []})
+
+
+def train_and_export(train_stage: Any, init_dir: Path, out: Path, steps: int) -> Path:
+    run_stage("train", train_stage, {"model": str(init_dir), "out_dir": str(out / "train"), "max_steps": steps,
+                                     "optim.warmup_steps": min(train_stage.optim.warmup_steps, steps),
+                                     "checkpoint.every_steps": steps, "log.plot": False}, out)
     lingraft("export", "--checkpoint", out / "train", "--out", out / "export")
     return out / "export"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
+                        help="the pipeline whose init and train stages are measured")
     parser.add_argument("--work", default=str(REPO / "runs" / "demo"), help="the demo's work folder")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_init_quality"))
     parser.add_argument("--methods", default="mean,weighted-mean,distill")
@@ -78,14 +109,15 @@ def main() -> None:
                              f"--until init` first")
     from lingraft.demo_model import smollm2_path
     base = str(smollm2_path())
+    stages = demo_stages(Path(args.config), work)
     sets = eval_sets(work)
     results: dict[str, dict] = {"B": {"bpc": bpc(f"B={base}", sets, args.max_chars, out / "B")}}
     for method in args.methods.split(","):
         folder = out / method
-        seconds = lingraft(*init_args(method, work, base), "--out", folder / "init")
+        seconds = run_stage("init", stages["init"], init_changes(method, folder / "init"), folder)
         after_init = bpc(f"{method}={folder / 'init'}", sets, args.max_chars, folder / "eval_init")
         start = time.perf_counter()
-        trained = train_and_export(folder / "init", work, folder, args.steps)
+        trained = train_and_export(stages["train"], folder / "init", folder, args.steps)
         train_seconds = time.perf_counter() - start
         after_train = bpc(f"{method}+{args.steps}={trained}", sets, args.max_chars, folder / "eval_trained")
         results[method] = {"init_seconds": round(seconds, 1), "train_seconds": round(train_seconds, 1),
