@@ -68,10 +68,11 @@ def run_stage(command: str, stage: Any, changes: dict[str, Any], folder: Path) -
     from lingraft.config import to_dict
     tree = to_dict(stage)
     for key, value in changes.items():
-        node, *path = tree, *key.split(".")
-        for part in path[:-1]:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
             node = node[part]
-        node[path[-1]] = value
+        node[leaf] = value
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{command}.yaml"
     config.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
@@ -107,9 +108,8 @@ def main() -> None:
         if not (work / stage / "manifest.json").is_file():
             raise SystemExit(f"{work / stage} is missing: run `lingraft pipeline --config configs/demo.yaml "
                              f"--until init` first")
-    from lingraft.demo_model import smollm2_path
-    base = str(smollm2_path())
     stages = demo_stages(Path(args.config), work)
+    base = str(stages["init"].model)      # B: the model the config's init starts from
     sets = eval_sets(work)
     results: dict[str, dict] = {"B": {"bpc": bpc(f"B={base}", sets, args.max_chars, out / "B")}}
     for method in args.methods.split(","):
