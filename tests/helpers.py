@@ -5,15 +5,29 @@ runs), never from each other; conftest.py holds the fixtures.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the package (bench/, launch/, scripts/) as a module. It is registered in
+    sys.modules, where dataclasses look their module up, under a name no package uses
+    (launch/train.py must not shadow the `train` package)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- packed folders ----------------------------------------------------------------------------

@@ -1,19 +1,13 @@
 """bench/init_quality.py measures the demo's own init and train stages, changed only where the bench must."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 from lingraft.config import build_config, to_dict
 from tests.conftest import REPO
+from tests.helpers import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("init_quality", REPO / "bench" / "init_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "init_quality.py")
 
 
 def test_each_method_runs_the_demo_init_and_train_stages_with_only_the_bench_changes(monkeypatch, shared, smollm2,

@@ -13,6 +13,7 @@ import torch
 
 from lingraft.errors import LingraftError
 from tests.conftest import REPO
+from tests.helpers import load_script
 from tests.integration.train_tiny import in_memory_source, losses, make_tiny_llama, tiny_config
 from lingraft.train.trainer_checkpoint import latest_checkpoint
 from lingraft.train.loop import train
@@ -108,7 +109,6 @@ def test_data_from_another_tokenizer_is_refused(tmp_path):
 
 
 def test_each_backend_gets_its_launcher_and_the_entry_accepts_fsdp(tmp_path, capsys):
-    import importlib.util
     from pathlib import Path
 
     from lingraft.train.launcher import command
@@ -129,9 +129,7 @@ def test_each_backend_gets_its_launcher_and_the_entry_accepts_fsdp(tmp_path, cap
         tiny_config(tmp_path, tmp_path / "o", backend="fsdp", ds_config=str(REPO / "ds_configs" / "zero2.json"))
 
     # launch/slurm_torchrun.sbatch passes --backend fsdp; without torchrun that is a clear error.
-    spec = importlib.util.spec_from_file_location("launch_train", REPO / "launch" / "train.py")
-    entry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(entry)
+    entry = load_script(REPO / "launch" / "train.py")
     model = make_tiny_llama(tmp_path / "m")
     code = entry.main(["--model", str(model), "--data", str(tmp_path), "--out-dir", str(tmp_path / "o"),
                        "--max-steps", "2", "--backend", "fsdp"])

@@ -1,9 +1,6 @@
 """bench/copy_tokens.py: the per-class counts, which rows are new, and token counts of a packed mix."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -11,15 +8,11 @@ import torch
 from lingraft.errors import LingraftError
 from lingraft.vocabulary.token_map import TOKEN_MAP_NAME, TokenMap
 from tests.conftest import REPO
-from tests.helpers import PACK_EOS, build_packed_folder
+from tests.helpers import PACK_EOS, build_packed_folder, load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("copy_tokens", REPO / "bench" / "copy_tokens.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "copy_tokens.py")
 
 
 def test_class_stats_count_top1_logprob_and_new_confusions():

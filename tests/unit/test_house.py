@@ -1,18 +1,15 @@
 """House rules: no import cycles (function-level imports included), no file over 400 lines."""
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.helpers import load_script
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_house", REPO / "scripts" / "check_house.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "check_house.py")
 
 
 def _write_repo(root: Path, files: dict[str, str]) -> Path:

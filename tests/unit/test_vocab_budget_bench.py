@@ -1,20 +1,14 @@
 """bench/vocab_budget.py: token counts over a mix, and how a smaller new-token budget leaves fewer rare rows."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 from lingraft.vocabulary.extend import extend
 from tests.conftest import REPO
-from tests.helpers import base_tokenizer, english, extended, n_tokens, new_tokenizer, russian, ud_sentences
+from tests.helpers import (base_tokenizer, english, extended, load_script, n_tokens, new_tokenizer, russian,
+                           ud_sentences)
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("vocab_budget", REPO / "bench" / "vocab_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "vocab_budget.py")
 
 
 def test_budgets_parse_with_all_meaning_every_acceptable_token():
